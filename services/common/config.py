@@ -1,0 +1,113 @@
+"""Typed service config from command-line flags or `COSYVOICE_<SERVICE>_*` environment variables.
+
+Each service declares one dataclass; every field is a setting, read from `--field-name` (wins)
+or `COSYVOICE_<SERVICE>_FIELD_NAME`, else its default. Values are converted by the field's
+type and checked by the dataclass's `validate()`. Every error names the setting both ways, so
+an operator can find it whichever way they set it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, Sequence, TypeVar
+
+
+class ConfigError(ValueError):
+    """A setting with a bad value; the message names the flag and the environment variable."""
+
+
+def setting(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
+    """A config field with help text (shown by --help)."""
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclasses.dataclass
+class ServerConfig:
+    """Settings every gRPC process has."""
+
+    host: str = setting("127.0.0.1", "interface to listen on (0.0.0.0 in containers)")
+    port: int = setting(0, "gRPC port; 0 picks a free one")
+    metrics_port: int = setting(-1, "Prometheus /metrics HTTP port; 0 picks a free one, -1 disables")
+    grace_seconds: float = setting(10.0, "on SIGTERM, how long in-flight streams may finish")
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_json: bool = setting(False, "log one JSON object per line")
+
+    def validate(self) -> None:
+        check(0 <= self.port <= 65535, self, "port", "must be in 0..65535")
+        check(-1 <= self.metrics_port <= 65535, self, "metrics_port", "must be -1 or in 0..65535")
+        check(self.grace_seconds >= 0, self, "grace_seconds", "must be >= 0")
+        check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), self, "log_level",
+              "must be DEBUG, INFO, WARNING or ERROR")
+
+
+def setting_names(config_type: type, name: str) -> str:
+    prefix = getattr(config_type, "ENV_PREFIX", "COSYVOICE_")
+    return f"--{name.replace('_', '-')} / {prefix}{name.upper()}"
+
+
+def check(ok: bool, config: Any, name: str, problem: str) -> None:
+    if not ok:
+        value = getattr(config, name)
+        raise ConfigError(f"{setting_names(type(config), name)} {problem} (got {value!r})")
+
+
+def _convert(raw: str, kind: Any, label: str) -> Any:
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        inner = [t for t in typing.get_args(kind) if t is not type(None)]
+        if raw == "" or raw.lower() == "none":
+            return None
+        return _convert(raw, inner[0], label)
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind in (int, float, str):
+            return kind(raw)
+        if kind is Path:
+            return Path(raw).expanduser()
+    except ValueError:
+        raise ConfigError(f"{label}: cannot read {raw!r} as {getattr(kind, '__name__', kind)}") from None
+    raise TypeError(f"{label}: unsupported setting type {kind}")
+
+
+C = TypeVar("C")
+
+
+def load_config(
+    config_type: type[C], argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> C:
+    """Build and validate a config: flags > environment > defaults."""
+    environ = os.environ if environ is None else environ
+    hints = typing.get_type_hints(config_type)
+    prefix = getattr(config_type, "ENV_PREFIX", "COSYVOICE_")
+    parser = argparse.ArgumentParser(
+        prog=getattr(config_type, "PROG", None),
+        description=(config_type.__doc__ or "").strip(),
+        argument_default=argparse.SUPPRESS,
+    )
+    fields = dataclasses.fields(config_type)  # type: ignore[arg-type]
+    for field in fields:
+        flag = f"--{field.name.replace('_', '-')}"
+        help_text = f"{field.metadata.get('help', '')} [env {prefix}{field.name.upper()}; default {field.default!r}]"
+        parser.add_argument(flag, dest=field.name, metavar=field.name.upper(), help=help_text)
+    flags = vars(parser.parse_args(list(argv) if argv is not None else []))
+    values: dict[str, Any] = {}
+    for field in fields:
+        label = setting_names(config_type, field.name)
+        if field.name in flags:
+            values[field.name] = _convert(flags[field.name], hints[field.name], label)
+        elif f"{prefix}{field.name.upper()}" in environ:
+            values[field.name] = _convert(environ[f"{prefix}{field.name.upper()}"], hints[field.name], label)
+    config = config_type(**values)
+    config.validate()  # type: ignore[attr-defined]
+    return config
