@@ -1,0 +1,97 @@
+"""Conditional flow matching sampler: fixed-noise Euler ODE solve with classifier-free guidance.
+
+No randomness at inference: every call starts from the first T frames of one fixed noise
+tensor, the reference's `randn(1, 80, 15000)` drawn right after seeding 0. Reusing the same
+prefix is what keeps the frames of successive streaming calls (same utterance, longer token
+prefix) consistent.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from services.flow.model.config import REFERENCE_N_TIMESTEPS, REFERENCE_NOISE_SHAPE
+from services.flow.model.estimator import CausalConditionalDecoder
+from services.flow.model.masks import FlowInputError, batch_flags
+
+NOISE_SEED = 0
+
+
+def reference_start_noise() -> torch.Tensor:
+    """Bit-identical to the reference's `rand_noise`, from a local generator (the global RNG
+    is untouched): a fresh CPU generator seeded 0 is exactly the state torch.manual_seed(0)
+    leaves the default generator in."""
+    generator = torch.Generator(device="cpu").manual_seed(NOISE_SEED)
+    return torch.randn(REFERENCE_NOISE_SHAPE, generator=generator, dtype=torch.float32)
+
+
+def time_grid(n_timesteps: int, scheduler: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """n+1 times from 0 to 1; 'cosine' warps them to 1 - cos(t·π/2) (denser near t = 0)."""
+    t_span = torch.linspace(0, 1, n_timesteps + 1, device=device, dtype=dtype)
+    if scheduler == "cosine":
+        t_span = 1 - torch.cos(t_span * 0.5 * torch.pi)
+    return t_span
+
+
+class CausalConditionalCFM(nn.Module):
+    """Holds the estimator (the only parameters, under `decoder.estimator.`) and the noise."""
+
+    def __init__(
+        self, estimator: CausalConditionalDecoder, inference_cfg_rate: float, t_scheduler: str
+    ) -> None:
+        super().__init__()
+        self.estimator = estimator
+        self.inference_cfg_rate = inference_cfg_rate
+        self.t_scheduler = t_scheduler
+        # Not in flow.pt; non-persistent so it follows .to(device, dtype) without a key.
+        self.register_buffer("rand_noise", reference_start_noise(), persistent=False)
+
+    @property
+    def max_frames(self) -> int:
+        return self.rand_noise.size(2)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        mu: torch.Tensor,
+        mask: torch.Tensor,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
+        streaming: bool | torch.Tensor = False,
+        n_timesteps: int = REFERENCE_N_TIMESTEPS,
+    ) -> torch.Tensor:
+        """mu, cond: (B, 80, T); mask: (B, 1, T) ones over each item's frames; spks: (B, 80).
+        Returns the sampled mel (B, 80, T) in float32, as the reference does."""
+        frames = mu.size(2)
+        if frames > self.max_frames:
+            raise FlowInputError(
+                f"mu: {frames} frames exceed the fixed noise's {self.max_frames} (300 s at 50 Hz)"
+            )
+        batch, dtype = mu.size(0), mu.dtype
+        x = self.rand_noise[:, :, :frames].to(mu.device, dtype).expand(batch, -1, -1)
+        t_span = time_grid(n_timesteps, self.t_scheduler, mu.device, dtype)
+
+        # Classifier-free guidance as one double batch: rows [0, B) conditioned, rows [B, 2B)
+        # with mu, spks and cond zeroed. Everything but x is constant over the steps.
+        mask_in = torch.cat([mask, mask]).to(dtype)
+        mu_in = torch.cat([mu, torch.zeros_like(mu)])
+        spks_in = torch.cat([spks, torch.zeros_like(spks)]).to(dtype)
+        cond_in = torch.cat([cond, torch.zeros_like(cond)]).to(dtype)
+        streaming_in = batch_flags(streaming, batch, "streaming").repeat(2)
+        attn_mask = self.estimator.attention_mask(mask_in, streaming_in)
+
+        rate = self.inference_cfg_rate
+        # The reference steps t by accumulating dt (t += dt; dt = t_span[k+1] - t) rather than
+        # reading t_span[k]; kept, since the float rounding differs.
+        t, dt = t_span[0], t_span[1] - t_span[0]
+        for step in range(1, len(t_span)):
+            time_emb = self.estimator.time_embedding(t.reshape(1), dtype)
+            velocity = self.estimator.velocity(torch.cat([x, x]), mask_in, mu_in, time_emb, spks_in, cond_in,
+                                               attn_mask)
+            conditioned, unconditioned = velocity[:batch], velocity[batch:]
+            x = x + dt * ((1.0 + rate) * conditioned - rate * unconditioned)
+            t = t + dt
+            if step < len(t_span) - 1:
+                dt = t_span[step + 1] - t
+        return x.float()

@@ -1,0 +1,59 @@
+"""Padding and streaming-chunk attention masks shared by the flow encoder and estimator.
+
+All masks are boolean with True = may attend. Streaming chunks are counted from index 0 of
+the sequence (the start of the prompt), and every chunk sees all chunks to its left: the
+reference passes num_left_chunks = -1 everywhere, whatever the yaml's
+`num_decoding_left_chunks` says.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+class FlowInputError(ValueError):
+    """Inputs the flow cannot run on; the message names the argument."""
+
+
+def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """(B, max_len) bool, True at the valid (non-padding) positions of each row."""
+    return torch.arange(max_len, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def chunk_mask(size: int, chunk_size: int, device: torch.device | None = None) -> torch.Tensor:
+    """(size, size) bool: row i sees every column before the end of i's chunk."""
+    position = torch.arange(size, device=device)
+    chunk_end = (torch.div(position, chunk_size, rounding_mode="floor") + 1) * chunk_size
+    return position.unsqueeze(0) < chunk_end.unsqueeze(1)
+
+
+def batch_flags(value: bool | Sequence[bool] | torch.Tensor, batch: int, field: str) -> torch.Tensor:
+    """A per-item bool flag (e.g. `streaming`) as a (B,) CPU tensor; a plain bool applies to all."""
+    if isinstance(value, bool):
+        return torch.full((batch,), value, dtype=torch.bool)
+    flags = torch.as_tensor(value, dtype=torch.bool).flatten().cpu()
+    if flags.numel() != batch:
+        raise FlowInputError(f"{field} has {flags.numel()} flags for a batch of {batch}")
+    return flags
+
+
+def attention_mask(
+    lengths: torch.Tensor, max_len: int, chunk_size: int, streaming: torch.Tensor
+) -> torch.Tensor | None:
+    """(B, 1, T, T) bool self-attention mask, or None when every position may see every other.
+
+    Items with `streaming` get the chunk mask, the others full attention; padding keys are
+    masked for both. Query rows that are padding still see at least key 0, so no softmax row
+    is empty (an empty row would give NaN that leaks through `0 * NaN` in later matmuls).
+    """
+    padded = bool((lengths < max_len).any())
+    if not padded and not bool(streaming.any()):
+        return None
+    mask = length_mask(lengths, max_len)[:, None, None, :]  # (B, 1, 1, T)
+    if bool(streaming.any()):
+        chunks = chunk_mask(max_len, chunk_size, lengths.device)
+        per_item = torch.where(streaming.to(lengths.device)[:, None, None], chunks, True)
+        mask = mask & per_item.unsqueeze(1)
+    return mask.expand(-1, -1, max_len, -1)
