@@ -1,0 +1,1 @@
+"""The LLM stage: text (and prompt) → CosyVoice 2 speech tokens at 25 Hz."""

@@ -1,0 +1,154 @@
+"""The LLM engine: requests in, one speech token per request per step out.
+
+`step()` is the whole loop (nano-vllm's split): the scheduler picks a prefill or decode
+batch, the model runner computes and samples, the scheduler applies stop/length rules. All
+concurrent requests share each decode step. The engine is not thread-safe: one thread (the
+gRPC service's engine loop, or `generate()` in-process) drives it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from services.common.modeldir.layout import ModelDir
+from services.llm.engine.config import EngineConfig
+from services.llm.engine.model_runner import ModelRunner
+from services.llm.engine.scheduler import Scheduler
+from services.llm.engine.sequence import FinishReason, Sequence
+from services.llm.model.cosyvoice2_lm import CosyVoice2LM
+from services.llm.model.loader import load_llm
+from services.llm.model.prompt import LLMPrompt, PromptError, length_limits
+from services.llm.model.sampling import SamplingParams
+
+
+class RequestError(ValueError):
+    """A request the engine cannot serve; the message names the field."""
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    request_id: str
+    token: int | None  # None when the step ended the request without a token
+    finished: bool
+    finish_reason: FinishReason | None  # 'stop' | 'length' | 'abort' once finished
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        model: CosyVoice2LM,
+        config: EngineConfig | None = None,
+        default_params: SamplingParams | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config or EngineConfig()
+        self.default_params = default_params or SamplingParams()
+        self.runner = ModelRunner(model, self.config)
+        self.scheduler = Scheduler(self.config, model.stop_token_ids)
+        self._pending: list[StepOutput] = []  # abort notices for the next step()
+        self._outboxes: dict[str, deque[StepOutput]] = {}  # requests driven by generate()
+
+    @classmethod
+    def from_model_dir(
+        cls,
+        model_dir: ModelDir,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        config: EngineConfig | None = None,
+    ) -> "LLMEngine":
+        """Load llm.pt strictly; default sampling comes from the yaml's `llm.sampling`."""
+        model = load_llm(model_dir, device=device, dtype=dtype)
+        params = SamplingParams.from_config(model_dir.stage_config("llm"))
+        return cls(model, config, params)
+
+    def add_request(
+        self, request_id: str, prompt: LLMPrompt, params: SamplingParams | None = None
+    ) -> None:
+        """Queue a request; raises PromptError/RequestError/SchedulerError (all ValueError)."""
+        if not isinstance(request_id, str) or not request_id:
+            raise RequestError("request_id must be a non-empty string")
+        params = params or self.default_params
+        self.model.check_prompt(prompt)
+        max_len = self.config.max_model_len
+        if prompt.num_positions > max_len:
+            raise PromptError(
+                f"prompt needs {prompt.num_positions} positions, more than max_model_len {max_len}"
+            )
+        min_tokens, max_tokens = length_limits(
+            prompt.num_target_text_tokens, params.min_token_text_ratio, params.max_token_text_ratio
+        )
+        if max_tokens < 1:
+            raise RequestError(
+                f"max_token_text_ratio {params.max_token_text_ratio} allows no token for "
+                f"{prompt.num_target_text_tokens} text tokens"
+            )
+        # The last sampled token is never fed back, so it needs no cache position.
+        max_tokens = min(max_tokens, max_len - prompt.num_positions + 1)
+        seq = Sequence(request_id, prompt, params, min_tokens=min_tokens, max_tokens=max_tokens)
+        self.scheduler.add(seq)
+
+    def step(self) -> list[StepOutput]:
+        outputs, self._pending = self._pending, []
+        fresh: list[StepOutput] = []
+        seqs, is_prefill = self.scheduler.schedule()
+        if seqs:
+            tokens = self.runner.run(seqs, is_prefill)
+            finished = self.scheduler.postprocess(seqs, tokens)
+            for seq, token in zip(seqs, tokens):
+                emitted = None if token in self.scheduler.stop_token_ids else token
+                fresh.append(StepOutput(seq.request_id, emitted, seq.is_finished, seq.finish_reason))
+            for seq in finished:
+                self.runner.release(seq)
+        for output in fresh:
+            if output.request_id in self._outboxes:
+                self._outboxes[output.request_id].append(output)
+        return outputs + fresh
+
+    def abort_request(self, request_id: str) -> bool:
+        """Drop a request and free its slot; its 'abort' output comes with the next step()."""
+        seq = self.scheduler.abort(request_id)
+        if seq is None:
+            return False
+        self.runner.release(seq)
+        notice = StepOutput(request_id, None, True, "abort")
+        self._pending.append(notice)
+        if request_id in self._outboxes:  # a generate() of this request sees it at once
+            self._outboxes[request_id].append(notice)
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished() or bool(self._pending)
+
+    def generate(
+        self,
+        prompt: LLMPrompt,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+    ) -> Iterator[int]:
+        """Speech tokens of one request as they are sampled (in-process pipeline).
+
+        Several generate() iterators on one engine interleave and share decode steps;
+        closing an iterator early aborts its request.
+        """
+        request_id = request_id or f"generate-{uuid.uuid4().hex}"
+        self.add_request(request_id, prompt, params)
+        outbox: deque[StepOutput] = deque()
+        self._outboxes[request_id] = outbox
+        try:
+            while True:
+                while not outbox:
+                    self.step()
+                output = outbox.popleft()
+                if output.token is not None:
+                    yield output.token
+                if output.finished:
+                    return
+        finally:
+            self._outboxes.pop(request_id, None)
+            if self.scheduler.find(request_id) is not None:
+                self.abort_request(request_id)

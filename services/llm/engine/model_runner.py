@@ -1,0 +1,91 @@
+"""Everything in the engine that touches torch: the model, its KV cache, slots, sampling."""
+
+from __future__ import annotations
+
+import heapq
+
+import torch
+
+from services.llm.engine.config import EngineConfig
+from services.llm.engine.sequence import Sequence
+from services.llm.model.cosyvoice2_lm import CosyVoice2LM
+from services.llm.model.sampling import new_generator, sample_next_token
+
+
+class SlotError(RuntimeError):
+    """More running sequences than KV-cache slots: a scheduler/runner mismatch."""
+
+
+class ModelRunner:
+    def __init__(self, model: CosyVoice2LM, config: EngineConfig) -> None:
+        self.model = model.eval()
+        self.config = config
+        self.cache = model.new_kv_cache(config.max_num_seqs, config.max_model_len)
+        self._free_slots = list(range(config.max_num_seqs))  # a heap: lowest slot first
+
+    @property
+    def num_free_slots(self) -> int:
+        return len(self._free_slots)
+
+    def _allocate(self, seq: Sequence) -> None:
+        if seq.slot is not None:
+            return
+        if not self._free_slots:
+            raise SlotError(f"no free KV-cache slot for request {seq.request_id!r}")
+        # Lowest free slot first keeps running slots dense, so most steps read the cache as
+        # one contiguous view instead of gathering rows.
+        seq.slot = heapq.heappop(self._free_slots)
+
+    def release(self, seq: Sequence) -> None:
+        """Give the sequence's slot back; its stale K/V need no clearing (always masked)."""
+        if seq.slot is not None:
+            heapq.heappush(self._free_slots, seq.slot)
+            seq.slot = None
+
+    @torch.inference_mode()
+    def run(self, seqs: list[Sequence], is_prefill: bool) -> list[int]:
+        """One forward step for `seqs` (prefill of new prompts, or one decode token each),
+        then one sampled token per sequence, in the order given."""
+        if not seqs:
+            return []
+        if is_prefill:
+            for seq in seqs:
+                self._allocate(seq)
+                if seq.generator is None:
+                    seq.generator = new_generator(seq.params.seed)
+        # Run rows in slot order: consecutive slots make the cache read a view.
+        order = sorted(range(len(seqs)), key=lambda i: seqs[i].slot)
+        ordered = [seqs[i] for i in order]
+        hidden = self._prefill(ordered) if is_prefill else self._decode(ordered)
+        log_probs = self.model.log_probs(hidden).float().cpu()
+        tokens = [0] * len(seqs)
+        for row, index in enumerate(order):
+            tokens[index] = self._sample(seqs[index], log_probs[row])
+        return tokens
+
+    def _prefill(self, seqs: list[Sequence]) -> torch.Tensor:
+        embeds = [self.model.embed_prompt(seq.prompt) for seq in seqs]
+        lengths = [e.shape[0] for e in embeds]
+        if len(embeds) == 1:
+            inputs = embeds[0].unsqueeze(0)
+        else:
+            inputs = torch.nn.utils.rnn.pad_sequence(embeds, batch_first=True)
+        plan = self.cache.plan([seq.slot for seq in seqs], [0] * len(seqs), lengths)
+        hidden = self.model(inputs, plan, self.cache)
+        last = torch.tensor(lengths, device=hidden.device) - 1
+        return hidden[torch.arange(len(seqs), device=hidden.device), last]
+
+    def _decode(self, seqs: list[Sequence]) -> torch.Tensor:
+        device = self.model.speech_embedding.weight.device
+        tokens = torch.tensor([seq.last_token for seq in seqs], device=device)
+        inputs = self.model.embed_speech_tokens(tokens).unsqueeze(1)
+        # The fed-back token sits right after everything already in the cache.
+        plan = self.cache.plan(
+            [seq.slot for seq in seqs], [seq.num_tokens - 1 for seq in seqs], [1] * len(seqs)
+        )
+        return self.model(inputs, plan, self.cache)[:, 0]
+
+    def _sample(self, seq: Sequence, log_probs: torch.Tensor) -> int:
+        # Upstream masks EOS (only that id) while i < min_len, i = tokens emitted so far.
+        masked = self.model.eos_token if len(seq.output_tokens) < seq.min_tokens else None
+        return sample_next_token(log_probs, seq.output_tokens, seq.params, seq.generator, masked)
