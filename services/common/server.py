@@ -9,6 +9,7 @@ streams drain.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import time
@@ -96,12 +97,13 @@ class ServiceHost:
         logger.info("listening on %s (metrics port %s)", self.address, self.metrics_port)
 
     async def warm_up(self, load: Callable[[], Any] | None) -> None:
-        """Run `load` (blocking model loading and warm-up) off the event loop, then serve."""
+        """Run `load`, then serve. A blocking `load` (model loading) runs in a worker thread so
+        health checks keep being answered; an async one runs on the loop."""
         started = time.perf_counter()
-        if load is not None:
-            result = await asyncio.to_thread(load)
-            if asyncio.iscoroutine(result):
-                await result
+        if inspect.iscoroutinefunction(load):
+            await load()
+        elif load is not None:
+            await asyncio.to_thread(load)
         for name in ["", *(b.full_name for b in self.bindings)]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.is_serving = True

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as cosyvoice_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63osyvoice/v1/flow.proto\x12\x0c\x63osyvoice.v1\x1a\x19\x63osyvoice/v1/common.proto\"o\n\x0b\x44\x65\x63odeStart\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\nspeaker_id\x18\x02 \x01(\tH\x00\x12-\n\x06prompt\x18\x03 \x01(\x0b\x32\x1b.cosyvoice.v1.SpeakerPromptH\x00\x42\x07\n\x05voice\".\n\nTokenChunk\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\x10\n\x08\x66inalize\x18\x02 \x01(\x08\"q\n\rDecodeRequest\x12*\n\x05start\x18\x01 \x01(\x0b\x32\x19.cosyvoice.v1.DecodeStartH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.cosyvoice.v1.TokenChunkH\x00\x42\t\n\x07payload\"[\n\x0e\x44\x65\x63odeResponse\x12!\n\x03mel\x18\x01 \x01(\x0b\x32\x14.cosyvoice.v1.Tensor\x12\x14\n\x0ctoken_offset\x18\x02 \x01(\x05\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x32V\n\x0b\x46lowDecoder\x12G\n\x06\x44\x65\x63ode\x12\x1b.cosyvoice.v1.DecodeRequest\x1a\x1c.cosyvoice.v1.DecodeResponse(\x01\x30\x01\x42>Z<github.com/cosyvoice-serving/protos/cosyvoice/v1;cosyvoicev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63osyvoice/v1/flow.proto\x12\x0c\x63osyvoice.v1\x1a\x19\x63osyvoice/v1/common.proto\"o\n\x0b\x44\x65\x63odeStart\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x14\n\nspeaker_id\x18\x02 \x01(\tH\x00\x12-\n\x06prompt\x18\x03 \x01(\x0b\x32\x1b.cosyvoice.v1.SpeakerPromptH\x00\x42\x07\n\x05voice\".\n\nTokenChunk\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\x10\n\x08\x66inalize\x18\x02 \x01(\x08\"q\n\rDecodeRequest\x12*\n\x05start\x18\x01 \x01(\x0b\x32\x19.cosyvoice.v1.DecodeStartH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.cosyvoice.v1.TokenChunkH\x00\x42\t\n\x07payload\"t\n\x0e\x44\x65\x63odeResponse\x12!\n\x03mel\x18\x01 \x01(\x0b\x32\x14.cosyvoice.v1.Tensor\x12\x14\n\x0ctoken_offset\x18\x02 \x01(\x05\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12\x17\n\x0f\x63ompute_seconds\x18\x04 \x01(\x01\x32V\n\x0b\x46lowDecoder\x12G\n\x06\x44\x65\x63ode\x12\x1b.cosyvoice.v1.DecodeRequest\x1a\x1c.cosyvoice.v1.DecodeResponse(\x01\x30\x01\x42>Z<github.com/cosyvoice-serving/protos/cosyvoice/v1;cosyvoicev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,7 +41,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECODEREQUEST']._serialized_start=229
   _globals['_DECODEREQUEST']._serialized_end=342
   _globals['_DECODERESPONSE']._serialized_start=344
-  _globals['_DECODERESPONSE']._serialized_end=435
-  _globals['_FLOWDECODER']._serialized_start=437
-  _globals['_FLOWDECODER']._serialized_end=523
+  _globals['_DECODERESPONSE']._serialized_end=460
+  _globals['_FLOWDECODER']._serialized_start=462
+  _globals['_FLOWDECODER']._serialized_end=548
 # @@protoc_insertion_point(module_scope)

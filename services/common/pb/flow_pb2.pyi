@@ -35,11 +35,13 @@ class DecodeRequest(_message.Message):
     def __init__(self, start: _Optional[_Union[DecodeStart, _Mapping]] = ..., chunk: _Optional[_Union[TokenChunk, _Mapping]] = ...) -> None: ...
 
 class DecodeResponse(_message.Message):
-    __slots__ = ("mel", "token_offset", "is_final")
+    __slots__ = ("mel", "token_offset", "is_final", "compute_seconds")
     MEL_FIELD_NUMBER: _ClassVar[int]
     TOKEN_OFFSET_FIELD_NUMBER: _ClassVar[int]
     IS_FINAL_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     mel: _common_pb2.Tensor
     token_offset: int
     is_final: bool
-    def __init__(self, mel: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., token_offset: _Optional[int] = ..., is_final: _Optional[bool] = ...) -> None: ...
+    compute_seconds: float
+    def __init__(self, mel: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., token_offset: _Optional[int] = ..., is_final: _Optional[bool] = ..., compute_seconds: _Optional[float] = ...) -> None: ...

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as cosyvoice_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63osyvoice/v1/llm.proto\x12\x0c\x63osyvoice.v1\x1a\x19\x63osyvoice/v1/common.proto\"\xa2\x02\n\x0eSamplingParams\x12\x11\n\x04seed\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x15\n\x08win_size\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x12\n\x05tau_r\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12!\n\x14min_token_text_ratio\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12!\n\x14max_token_text_ratio\x18\x07 \x01(\x02H\x06\x88\x01\x01\x42\x07\n\x05_seedB\x08\n\x06_top_pB\x08\n\x06_top_kB\x0b\n\t_win_sizeB\x08\n\x06_tau_rB\x17\n\x15_min_token_text_ratioB\x17\n\x15_max_token_text_ratio\"\x96\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0bprompt_text\x18\x03 \x01(\t\x12\x1c\n\x14prompt_speech_tokens\x18\x04 \x03(\x05\x12.\n\x08sampling\x18\x05 \x01(\x0b\x32\x1c.cosyvoice.v1.SamplingParams\"n\n\x10GenerateResponse\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.cosyvoice.v1.FinishReason\x12\x17\n\x0fnum_text_tokens\x18\x03 \x01(\x05\x32\x63\n\x14SpeechTokenGenerator\x12K\n\x08Generate\x12\x1d.cosyvoice.v1.GenerateRequest\x1a\x1e.cosyvoice.v1.GenerateResponse0\x01\x42>Z<github.com/cosyvoice-serving/protos/cosyvoice/v1;cosyvoicev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63osyvoice/v1/llm.proto\x12\x0c\x63osyvoice.v1\x1a\x19\x63osyvoice/v1/common.proto\"\xa2\x02\n\x0eSamplingParams\x12\x11\n\x04seed\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x15\n\x08win_size\x18\x04 \x01(\x05H\x03\x88\x01\x01\x12\x12\n\x05tau_r\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12!\n\x14min_token_text_ratio\x18\x06 \x01(\x02H\x05\x88\x01\x01\x12!\n\x14max_token_text_ratio\x18\x07 \x01(\x02H\x06\x88\x01\x01\x42\x07\n\x05_seedB\x08\n\x06_top_pB\x08\n\x06_top_kB\x0b\n\t_win_sizeB\x08\n\x06_tau_rB\x17\n\x15_min_token_text_ratioB\x17\n\x15_max_token_text_ratio\"\x96\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x13\n\x0bprompt_text\x18\x03 \x01(\t\x12\x1c\n\x14prompt_speech_tokens\x18\x04 \x03(\x05\x12.\n\x08sampling\x18\x05 \x01(\x0b\x32\x1c.cosyvoice.v1.SamplingParams\"\x87\x01\n\x10GenerateResponse\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.cosyvoice.v1.FinishReason\x12\x17\n\x0fnum_text_tokens\x18\x03 \x01(\x05\x12\x17\n\x0f\x65lapsed_seconds\x18\x04 \x01(\x01\x32\x63\n\x14SpeechTokenGenerator\x12K\n\x08Generate\x12\x1d.cosyvoice.v1.GenerateRequest\x1a\x1e.cosyvoice.v1.GenerateResponse0\x01\x42>Z<github.com/cosyvoice-serving/protos/cosyvoice/v1;cosyvoicev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,8 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS']._serialized_end=358
   _globals['_GENERATEREQUEST']._serialized_start=361
   _globals['_GENERATEREQUEST']._serialized_end=511
-  _globals['_GENERATERESPONSE']._serialized_start=513
-  _globals['_GENERATERESPONSE']._serialized_end=623
-  _globals['_SPEECHTOKENGENERATOR']._serialized_start=625
-  _globals['_SPEECHTOKENGENERATOR']._serialized_end=724
+  _globals['_GENERATERESPONSE']._serialized_start=514
+  _globals['_GENERATERESPONSE']._serialized_end=649
+  _globals['_SPEECHTOKENGENERATOR']._serialized_start=651
+  _globals['_SPEECHTOKENGENERATOR']._serialized_end=750
 # @@protoc_insertion_point(module_scope)

@@ -41,11 +41,13 @@ class GenerateRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., prompt_text: _Optional[str] = ..., prompt_speech_tokens: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("tokens", "finish_reason", "num_text_tokens")
+    __slots__ = ("tokens", "finish_reason", "num_text_tokens", "elapsed_seconds")
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     NUM_TEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     tokens: _containers.RepeatedScalarFieldContainer[int]
     finish_reason: _common_pb2.FinishReason
     num_text_tokens: int
-    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., num_text_tokens: _Optional[int] = ...) -> None: ...
+    elapsed_seconds: float
+    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., num_text_tokens: _Optional[int] = ..., elapsed_seconds: _Optional[float] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63osyvoice/v1/tts.proto\x12\x0c\x63osyvoice.v1\"\x90\x01\n\x11SynthesizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nspeaker_id\x18\x02 \x01(\t\x12-\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x1b.cosyvoice.v1.AudioEncoding\x12\x0e\n\x06stream\x18\x04 \x01(\x08\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"\x8e\x01\n\x12SynthesizeResponse\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x05\x12-\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x1b.cosyvoice.v1.AudioEncoding\x12\x13\n\x0b\x63hunk_index\x18\x04 \x01(\x05\x12\x10\n\x08is_final\x18\x05 \x01(\x08*\x83\x01\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_S16LE\x10\x01\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_F32LE\x10\x02\x12\x16\n\x12\x41UDIO_ENCODING_WAV\x10\x03\x32\x61\n\x0cTextToSpeech\x12Q\n\nSynthesize\x12\x1f.cosyvoice.v1.SynthesizeRequest\x1a .cosyvoice.v1.SynthesizeResponse0\x01\x42>Z<github.com/cosyvoice-serving/protos/cosyvoice/v1;cosyvoicev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63osyvoice/v1/tts.proto\x12\x0c\x63osyvoice.v1\"\x90\x01\n\x11SynthesizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nspeaker_id\x18\x02 \x01(\t\x12-\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x1b.cosyvoice.v1.AudioEncoding\x12\x0e\n\x06stream\x18\x04 \x01(\x08\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"\xc7\x01\n\x12SynthesizeResponse\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x05\x12-\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x1b.cosyvoice.v1.AudioEncoding\x12\x13\n\x0b\x63hunk_index\x18\x04 \x01(\x05\x12\x10\n\x08is_final\x18\x05 \x01(\x08\x12\x37\n\x13\x66irst_chunk_timings\x18\x06 \x01(\x0b\x32\x1a.cosyvoice.v1.StageTimings\"R\n\x0cStageTimings\x12\x13\n\x0bllm_seconds\x18\x01 \x01(\x01\x12\x14\n\x0c\x66low_seconds\x18\x02 \x01(\x01\x12\x17\n\x0fvocoder_seconds\x18\x03 \x01(\x01*\x83\x01\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_S16LE\x10\x01\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_F32LE\x10\x02\x12\x16\n\x12\x41UDIO_ENCODING_WAV\x10\x03\x32\x61\n\x0cTextToSpeech\x12Q\n\nSynthesize\x12\x1f.cosyvoice.v1.SynthesizeRequest\x1a .cosyvoice.v1.SynthesizeResponse0\x01\x42>Z<github.com/cosyvoice-serving/protos/cosyvoice/v1;cosyvoicev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,14 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cosyvoice.v1.tts_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z<github.com/cosyvoice-serving/protos/cosyvoice/v1;cosyvoicev1'
-  _globals['_AUDIOENCODING']._serialized_start=333
-  _globals['_AUDIOENCODING']._serialized_end=464
+  _globals['_AUDIOENCODING']._serialized_start=474
+  _globals['_AUDIOENCODING']._serialized_end=605
   _globals['_SYNTHESIZEREQUEST']._serialized_start=41
   _globals['_SYNTHESIZEREQUEST']._serialized_end=185
   _globals['_SYNTHESIZERESPONSE']._serialized_start=188
-  _globals['_SYNTHESIZERESPONSE']._serialized_end=330
-  _globals['_TEXTTOSPEECH']._serialized_start=466
-  _globals['_TEXTTOSPEECH']._serialized_end=563
+  _globals['_SYNTHESIZERESPONSE']._serialized_end=387
+  _globals['_STAGETIMINGS']._serialized_start=389
+  _globals['_STAGETIMINGS']._serialized_end=471
+  _globals['_TEXTTOSPEECH']._serialized_start=607
+  _globals['_TEXTTOSPEECH']._serialized_end=704
 # @@protoc_insertion_point(module_scope)

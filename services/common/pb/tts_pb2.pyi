@@ -2,6 +2,7 @@
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -32,15 +33,27 @@ class SynthesizeRequest(_message.Message):
     def __init__(self, text: _Optional[str] = ..., speaker_id: _Optional[str] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., stream: _Optional[bool] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class SynthesizeResponse(_message.Message):
-    __slots__ = ("audio", "sample_rate", "encoding", "chunk_index", "is_final")
+    __slots__ = ("audio", "sample_rate", "encoding", "chunk_index", "is_final", "first_chunk_timings")
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
     IS_FINAL_FIELD_NUMBER: _ClassVar[int]
+    FIRST_CHUNK_TIMINGS_FIELD_NUMBER: _ClassVar[int]
     audio: bytes
     sample_rate: int
     encoding: AudioEncoding
     chunk_index: int
     is_final: bool
-    def __init__(self, audio: _Optional[bytes] = ..., sample_rate: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., chunk_index: _Optional[int] = ..., is_final: _Optional[bool] = ...) -> None: ...
+    first_chunk_timings: StageTimings
+    def __init__(self, audio: _Optional[bytes] = ..., sample_rate: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ..., chunk_index: _Optional[int] = ..., is_final: _Optional[bool] = ..., first_chunk_timings: _Optional[_Union[StageTimings, _Mapping]] = ...) -> None: ...
+
+class StageTimings(_message.Message):
+    __slots__ = ("llm_seconds", "flow_seconds", "vocoder_seconds")
+    LLM_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FLOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VOCODER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    llm_seconds: float
+    flow_seconds: float
+    vocoder_seconds: float
+    def __init__(self, llm_seconds: _Optional[float] = ..., flow_seconds: _Optional[float] = ..., vocoder_seconds: _Optional[float] = ...) -> None: ...

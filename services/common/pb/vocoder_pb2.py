@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as cosyvoice_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63osyvoice/v1/vocoder.proto\x12\x0c\x63osyvoice.v1\x1a\x19\x63osyvoice/v1/common.proto\"=\n\x0bVocodeStart\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"?\n\x08MelChunk\x12!\n\x03mel\x18\x01 \x01(\x0b\x32\x14.cosyvoice.v1.Tensor\x12\x10\n\x08\x66inalize\x18\x02 \x01(\x08\"o\n\rVocodeRequest\x12*\n\x05start\x18\x01 \x01(\x0b\x32\x19.cosyvoice.v1.VocodeStartH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.cosyvoice.v1.MelChunkH\x00\x42\t\n\x07payload\"\\\n\x0eVocodeResponse\x12#\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x14.cosyvoice.v1.Tensor\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x05\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x32R\n\x07Vocoder\x12G\n\x06Vocode\x12\x1b.cosyvoice.v1.VocodeRequest\x1a\x1c.cosyvoice.v1.VocodeResponse(\x01\x30\x01\x42>Z<github.com/cosyvoice-serving/protos/cosyvoice/v1;cosyvoicev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63osyvoice/v1/vocoder.proto\x12\x0c\x63osyvoice.v1\x1a\x19\x63osyvoice/v1/common.proto\"=\n\x0bVocodeStart\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\x04seed\x18\x02 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"?\n\x08MelChunk\x12!\n\x03mel\x18\x01 \x01(\x0b\x32\x14.cosyvoice.v1.Tensor\x12\x10\n\x08\x66inalize\x18\x02 \x01(\x08\"o\n\rVocodeRequest\x12*\n\x05start\x18\x01 \x01(\x0b\x32\x19.cosyvoice.v1.VocodeStartH\x00\x12\'\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x16.cosyvoice.v1.MelChunkH\x00\x42\t\n\x07payload\"u\n\x0eVocodeResponse\x12#\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x14.cosyvoice.v1.Tensor\x12\x13\n\x0bsample_rate\x18\x02 \x01(\x05\x12\x10\n\x08is_final\x18\x03 \x01(\x08\x12\x17\n\x0f\x63ompute_seconds\x18\x04 \x01(\x01\x32R\n\x07Vocoder\x12G\n\x06Vocode\x12\x1b.cosyvoice.v1.VocodeRequest\x1a\x1c.cosyvoice.v1.VocodeResponse(\x01\x30\x01\x42>Z<github.com/cosyvoice-serving/protos/cosyvoice/v1;cosyvoicev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,7 +41,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VOCODEREQUEST']._serialized_start=199
   _globals['_VOCODEREQUEST']._serialized_end=310
   _globals['_VOCODERESPONSE']._serialized_start=312
-  _globals['_VOCODERESPONSE']._serialized_end=404
-  _globals['_VOCODER']._serialized_start=406
-  _globals['_VOCODER']._serialized_end=488
+  _globals['_VOCODERESPONSE']._serialized_end=429
+  _globals['_VOCODER']._serialized_start=431
+  _globals['_VOCODER']._serialized_end=513
 # @@protoc_insertion_point(module_scope)

@@ -32,11 +32,13 @@ class VocodeRequest(_message.Message):
     def __init__(self, start: _Optional[_Union[VocodeStart, _Mapping]] = ..., chunk: _Optional[_Union[MelChunk, _Mapping]] = ...) -> None: ...
 
 class VocodeResponse(_message.Message):
-    __slots__ = ("audio", "sample_rate", "is_final")
+    __slots__ = ("audio", "sample_rate", "is_final", "compute_seconds")
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     IS_FINAL_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     audio: _common_pb2.Tensor
     sample_rate: int
     is_final: bool
-    def __init__(self, audio: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., sample_rate: _Optional[int] = ..., is_final: _Optional[bool] = ...) -> None: ...
+    compute_seconds: float
+    def __init__(self, audio: _Optional[_Union[_common_pb2.Tensor, _Mapping]] = ..., sample_rate: _Optional[int] = ..., is_final: _Optional[bool] = ..., compute_seconds: _Optional[float] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""The public TextToSpeech gateway: pipes speech tokens through the three stages chunk by chunk."""

@@ -1,0 +1,45 @@
+"""Gateway settings (flags or COSYVOICE_GATEWAY_* environment variables)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from services.common.chunking import ChunkPolicy
+from services.common.config import ServerConfig, check, setting
+
+
+@dataclasses.dataclass
+class GatewayConfig(ServerConfig):
+    """The public TextToSpeech gateway."""
+
+    ENV_PREFIX = "COSYVOICE_GATEWAY_"
+    PROG = "cosyvoice serve gateway"
+
+    llm_addr: str = setting("", "host:port of the LLM stage (required)")
+    flow_addr: str = setting("", "host:port of the flow stage (required)")
+    vocoder_addr: str = setting("", "host:port of the vocoder stage (required)")
+    max_text_chars: int = setting(2000, "longest accepted text, in characters")
+    max_concurrent_requests: int = setting(64, "requests in flight before RESOURCE_EXHAUSTED")
+    stage_queue_chunks: int = setting(4, "bounded queue depth between stages, in chunks (backpressure)")
+    token_hop: int = setting(25, "first streaming hop in tokens (the flow's static chunk size)")
+    max_token_hop: int = setting(100, "largest streaming hop in tokens")
+    hop_scale_factor: int = setting(2, "hop growth per chunk")
+    lookahead_tokens: int = setting(3, "tokens withheld as look-ahead (the flow's pre_lookahead_len)")
+    upstream_timeout_seconds: float = setting(300.0, "deadline of one request's stage calls")
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("llm_addr", "flow_addr", "vocoder_addr"):
+            check(":" in getattr(self, name), self, name, "is required, as host:port")
+        check(self.max_text_chars >= 1, self, "max_text_chars", "must be >= 1")
+        check(self.max_concurrent_requests >= 1, self, "max_concurrent_requests", "must be >= 1")
+        check(self.stage_queue_chunks >= 1, self, "stage_queue_chunks", "must be >= 1")
+        check(self.token_hop >= 1, self, "token_hop", "must be >= 1")
+        check(self.max_token_hop >= self.token_hop, self, "max_token_hop", "must be >= token_hop")
+        check(self.hop_scale_factor >= 1, self, "hop_scale_factor", "must be >= 1")
+        check(self.lookahead_tokens >= 0, self, "lookahead_tokens", "must be >= 0")
+        check(self.upstream_timeout_seconds > 0, self, "upstream_timeout_seconds", "must be > 0")
+
+    @property
+    def chunk_policy(self) -> ChunkPolicy:
+        return ChunkPolicy(self.token_hop, self.max_token_hop, self.hop_scale_factor, self.lookahead_tokens)

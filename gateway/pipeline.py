@@ -1,0 +1,181 @@
+"""One synthesis through the three stages, all running at once.
+
+    LLM Generate ──tokens──▶ chunk schedule ──TokenChunk──▶ flow Decode ──MelChunk──▶ vocoder Vocode ──▶ audio
+
+Three pump tasks move data between the streams through bounded queues, so a slow stage
+holds back the ones before it (backpressure) instead of letting memory grow. The first
+failure cancels everything; so does the caller going away: every upstream call is cancelled
+in `finally`, which the stages see at once and free the request's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import grpc
+import numpy as np
+
+from gateway.clients import StageClients
+from services.common.chunking import ChunkPolicy, TokenChunker
+from services.common.errors import UpstreamError, upstream_error
+from services.common.pb import flow_pb2, llm_pb2, vocoder_pb2
+from services.common.tensors import from_proto
+
+
+@dataclass(frozen=True)
+class SynthesisJob:
+    request_id: str
+    text: str
+    speaker_id: str
+    seed: int
+
+
+@dataclass
+class FirstChunkTimings:
+    llm_seconds: float = 0.0
+    flow_seconds: float = 0.0
+    vocoder_seconds: float = 0.0
+
+
+@dataclass
+class AudioPiece:
+    samples: np.ndarray  # float32 mono
+    sample_rate: int
+    is_final: bool
+    timings: FirstChunkTimings | None = None  # on the first piece only
+
+
+@dataclass
+class _Shared:
+    timings: FirstChunkTimings = field(default_factory=FirstChunkTimings)
+    flow_timed: bool = False
+
+
+async def _requests(first: object, queue: asyncio.Queue) -> AsyncIterator[object]:
+    """A bidi request stream: the start message, then queued items up to the final one."""
+    yield first
+    while True:
+        item = await queue.get()
+        yield item
+        if item.chunk.finalize:
+            return
+
+
+class StagePipeline:
+    def __init__(self, clients: StageClients, policy: ChunkPolicy, queue_chunks: int, timeout: float) -> None:
+        self.clients = clients
+        self.policy = policy
+        self.queue_chunks = queue_chunks
+        self.timeout = timeout
+
+    async def run(self, job: SynthesisJob, timeout: float | None = None) -> AsyncIterator[AudioPiece]:
+        """Audio pieces in order, the last with is_final; `timeout` caps every stage call."""
+        timeout = self.timeout if timeout is None else min(timeout, self.timeout)
+        flow_in: asyncio.Queue = asyncio.Queue(self.queue_chunks)
+        vocoder_in: asyncio.Queue = asyncio.Queue(self.queue_chunks)
+        audio_out: asyncio.Queue = asyncio.Queue(self.queue_chunks)
+        shared = _Shared()
+        llm_call = self.clients.llm.Generate(
+            llm_pb2.GenerateRequest(
+                request_id=job.request_id, text=job.text, sampling=llm_pb2.SamplingParams(seed=job.seed)
+            ),
+            timeout=timeout,
+        )
+        flow_start = flow_pb2.DecodeRequest(
+            start=flow_pb2.DecodeStart(request_id=job.request_id, speaker_id=job.speaker_id)
+        )
+        flow_call = self.clients.flow.Decode(_requests(flow_start, flow_in), timeout=timeout)
+        vocoder_start = vocoder_pb2.VocodeRequest(
+            start=vocoder_pb2.VocodeStart(request_id=job.request_id, seed=job.seed)
+        )
+        vocoder_call = self.clients.vocoder.Vocode(_requests(vocoder_start, vocoder_in), timeout=timeout)
+        tasks = [
+            asyncio.create_task(self._pump_tokens(llm_call, flow_in, shared)),
+            asyncio.create_task(self._pump_mel(flow_call, vocoder_in, shared)),
+            asyncio.create_task(self._pump_audio(vocoder_call, audio_out, shared)),
+        ]
+        failure: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        def _on_done(task: asyncio.Task) -> None:
+            if not task.cancelled() and task.exception() is not None and not failure.done():
+                failure.set_exception(task.exception())
+
+        for task in tasks:
+            task.add_done_callback(_on_done)
+        try:
+            while True:
+                getter = asyncio.ensure_future(audio_out.get())
+                await asyncio.wait({getter, failure}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    failure.result()  # raises the first stage error
+                piece: AudioPiece = getter.result()
+                yield piece
+                if piece.is_final:
+                    return
+        finally:
+            for call in (llm_call, flow_call, vocoder_call):
+                call.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if failure.done() and not failure.cancelled():
+                failure.exception()  # mark retrieved: it was raised above or superseded
+
+    async def _pump_tokens(self, call: grpc.aio.UnaryStreamCall, out: asyncio.Queue, shared: _Shared) -> None:
+        chunker = TokenChunker(self.policy, num_prompt_tokens=0)
+        tokens: list[int] = []
+        sent = 0
+        try:
+            async for response in call:
+                tokens.extend(response.tokens)
+                chunks = chunker.finish(len(tokens)) if response.finish_reason else chunker.ready(len(tokens))
+                for chunk in chunks:
+                    if chunk.index == 0:
+                        shared.timings.llm_seconds = response.elapsed_seconds
+                    message = flow_pb2.TokenChunk(tokens=tokens[sent : chunk.end], finalize=chunk.is_final)
+                    sent = chunk.end
+                    await out.put(flow_pb2.DecodeRequest(chunk=message))
+                if response.finish_reason:
+                    return
+        except grpc.aio.AioRpcError as error:
+            raise upstream_error("llm", error) from None
+        raise upstream_error_eos("llm")
+
+    async def _pump_mel(self, call: grpc.aio.StreamStreamCall, out: asyncio.Queue, shared: _Shared) -> None:
+        try:
+            async for response in call:
+                if not shared.flow_timed:
+                    shared.timings.flow_seconds = response.compute_seconds
+                    shared.flow_timed = True
+                mel = vocoder_pb2.MelChunk(mel=response.mel, finalize=response.is_final)
+                await out.put(vocoder_pb2.VocodeRequest(chunk=mel))
+                if response.is_final:
+                    return
+        except grpc.aio.AioRpcError as error:
+            raise upstream_error("flow", error) from None
+        raise upstream_error_eos("flow")
+
+    async def _pump_audio(self, call: grpc.aio.StreamStreamCall, out: asyncio.Queue, shared: _Shared) -> None:
+        first = True
+        try:
+            async for response in call:
+                samples = from_proto(response.audio, "vocoder.audio")
+                timings = None
+                if first:
+                    shared.timings.vocoder_seconds = response.compute_seconds
+                    timings = shared.timings
+                    first = False
+                await out.put(AudioPiece(samples, response.sample_rate, response.is_final, timings))
+                if response.is_final:
+                    return
+        except grpc.aio.AioRpcError as error:
+            raise upstream_error("vocoder", error) from None
+        raise upstream_error_eos("vocoder")
+
+
+
+def upstream_error_eos(stage: str) -> UpstreamError:
+    return UpstreamError(stage, grpc.StatusCode.UNAVAILABLE, "stream ended before its final message")

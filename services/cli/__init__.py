@@ -1,0 +1,1 @@
+"""The `cosyvoice` command line."""

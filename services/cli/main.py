@@ -1,0 +1,68 @@
+"""`cosyvoice` — serve a stage, run the whole stack, synthesize, benchmark, make a tiny model.
+
+Subcommands import their own modules lazily, so `cosyvoice synth` never imports torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+USAGE = """usage: cosyvoice <command> [options]
+
+commands:
+  serve {llm,flow,vocoder,gateway} [flags]  run one service (flags or COSYVOICE_<SERVICE>_* env vars)
+  up [--model-dir DIR] [--device cpu|cuda]  run the whole stack locally as four processes
+  synth TEXT -o OUT.wav [--address HOST:PORT]  synthesize through a running gateway
+  bench [options]                           load-test the gateway against the in-process monolith
+  make-tiny-model OUT_DIR [--seed N]        write a random-weight model in the official layout
+
+`cosyvoice <command> --help` shows a command's options.
+"""
+
+
+def _serve(argv: Sequence[str]) -> None:
+    if not argv or argv[0] not in ("llm", "flow", "vocoder", "gateway"):
+        raise SystemExit("usage: cosyvoice serve {llm,flow,vocoder,gateway} [flags]  (--help for flags)")
+    stage, rest = argv[0], list(argv[1:])
+    if stage == "gateway":
+        from gateway.server import main as serve_main
+    elif stage == "llm":
+        from services.llm.server import main as serve_main
+    elif stage == "flow":
+        from services.flow.server import main as serve_main
+    else:
+        from services.vocoder.server import main as serve_main
+    serve_main(rest)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, rest = argv[0], argv[1:]
+    if command == "serve":
+        _serve(rest)
+    elif command == "up":
+        from services.cli.up import main as up_main
+
+        up_main(rest)
+    elif command == "synth":
+        from services.cli.synth import main as synth_main
+
+        synth_main(rest)
+    elif command == "bench":
+        from services.cli.bench import main as bench_main
+
+        bench_main(rest)
+    elif command == "make-tiny-model":
+        from services.tinymodel.writer import main as tiny_main
+
+        tiny_main(rest)
+    else:
+        raise SystemExit(f"cosyvoice: unknown command {command!r}\n\n{USAGE}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""`cosyvoice up`: the whole stack on this machine, as four separate processes.
+
+Each stage binds a free port (or the one given) and prints `<stage> listening on host:port`
+on stdout; the gateway is started with those addresses. Every address is printed, the
+gateway's first. SIGINT/SIGTERM stop the gateway first (it drains), then the stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+_LISTENING = re.compile(r"listening on (\S+:\d+)")
+STAGES = ("llm", "flow", "vocoder")
+DEFAULT_TINY_DIR = Path(os.environ.get("COSYVOICE_CACHE", Path.home() / ".cache" / "cosyvoice")) / "tiny-model"
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen
+    address: str = ""
+
+
+def _start(name: str, args: list[str], env: dict[str, str], timeout: float) -> Child:
+    command = [sys.executable, "-m", "services.cli.main", "serve", name, *args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    child = Child(name, process)
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    for line in process.stdout:  # blocks until the child prints its address or exits
+        match = _LISTENING.search(line)
+        if match:
+            child.address = match.group(1)
+            break
+        sys.stdout.write(line)
+        if time.monotonic() > deadline:
+            break
+    if not child.address:
+        process.kill()
+        raise SystemExit(f"cosyvoice up: the {name} process exited before listening (code {process.wait()})")
+    # Keep draining its stdout so the child never blocks on a full pipe.
+    threading.Thread(target=lambda: [sys.stdout.write(line) for line in process.stdout], daemon=True).start()
+    return child
+
+
+def wait_serving(address: str, timeout: float) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            for reply in stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=timeout):
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+        except grpc.RpcError:
+            return False
+    return False
+
+
+def stop_all(children: list[Child], grace: float) -> None:
+    for child in children:  # gateway first: it drains in-flight requests through the stages
+        if child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+            try:
+                child.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+
+
+def _stage_device(device: str, index: int) -> str:
+    if device != "cuda":
+        return device
+    import torch  # only to count GPUs; the stages import it anyway
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise SystemExit("cosyvoice up: --device cuda but no CUDA device is visible")
+    return f"cuda:{index % count}"  # one GPU per stage when there are three or more
+
+
+def ensure_model_dir(model_dir: str | None) -> Path:
+    if model_dir:
+        return Path(model_dir)
+    if not (DEFAULT_TINY_DIR / "cosyvoice2.yaml").is_file():
+        from services.tinymodel.writer import write_tiny_model
+
+        print(f"no --model-dir: writing the random-weight tiny model to {DEFAULT_TINY_DIR} (it makes noise, not speech)")
+        write_tiny_model(DEFAULT_TINY_DIR)
+    return DEFAULT_TINY_DIR
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="cosyvoice up", description=__doc__)
+    parser.add_argument("--model-dir", help="CosyVoice2 model directory (default: generate the tiny model)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: stage i on GPU i mod count")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50051, help="gateway port (0: any free port)")
+    parser.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for each stage")
+    args = parser.parse_args(argv)
+    model_dir = ensure_model_dir(args.model_dir)
+    env = dict(os.environ)
+    children: list[Child] = []
+    exited: list[Child] = []
+    stopping = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        for index, name in enumerate(STAGES):
+            stage_args = ["--host", args.host, "--port", "0", "--model-dir", str(model_dir),
+                          "--device", _stage_device(args.device, index)]
+            children.append(_start(name, stage_args, env, args.start_timeout))
+        addresses = {c.name: c.address for c in children}
+        gateway_args = ["--host", args.host, "--port", str(args.port), "--llm-addr", addresses["llm"],
+                        "--flow-addr", addresses["flow"], "--vocoder-addr", addresses["vocoder"]]
+        children.insert(0, _start("gateway", gateway_args, env, args.start_timeout))
+        for child in children:
+            print(f"{child.name} {child.address}", flush=True)
+        def watch(child: Child) -> None:
+            child.process.wait()
+            exited.append(child)
+            stopping.set()
+
+        for child in children:
+            threading.Thread(target=watch, args=(child,), daemon=True).start()
+        if wait_serving(children[0].address, args.start_timeout):
+            print(f"ready: cosyvoice synth \"Hello\" -o out.wav --address {children[0].address}", flush=True)
+        stopping.wait()  # a signal or a child's exit
+        if exited:
+            print(f"cosyvoice up: {exited[0].name} exited with code {exited[0].process.returncode}", file=sys.stderr)
+    finally:
+        stop_all(children, grace=15.0)
+    if exited:
+        raise SystemExit(1)

@@ -1,0 +1,96 @@
+"""Cross-request micro-batching for the flow and vocoder stages.
+
+Concurrent streams submit work items; one worker task gathers whatever is queued (up to
+`max_batch_size`, waiting at most `max_wait_seconds` for more) and runs the batch function
+on a single dedicated thread. Under load, items that arrive while a batch computes form the
+next batch, so batching costs no added latency at low load. A failing batch fails every
+item in it; a cancelled submitter just drops its result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Generic, TypeVar
+
+I = TypeVar("I")
+O = TypeVar("O")
+
+
+@dataclass
+class _Pending(Generic[I]):
+    item: I
+    future: asyncio.Future
+    queued_at: float
+
+
+class Batcher(Generic[I, O]):
+    def __init__(
+        self,
+        run_batch: Callable[[list[I]], list[O]],
+        max_batch_size: int,
+        max_wait_seconds: float = 0.0,
+        name: str = "batcher",
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_wait_seconds = max_wait_seconds
+        self.on_batch = on_batch  # (batch size, compute seconds), for metrics
+        self._queue: asyncio.Queue[_Pending[I]] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._worker = asyncio.create_task(self._work())
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, item: I) -> O:
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(item, future, time.perf_counter()))
+        return await future
+
+    async def _gather(self) -> list[_Pending[I]]:
+        batch = [await self._queue.get()]
+        deadline = time.perf_counter() + self.max_wait_seconds
+        while len(batch) < self.max_batch_size:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+        return [p for p in batch if not p.future.cancelled()]
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._gather()
+            if not batch:
+                continue
+            started = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self._executor, self.run_batch, [p.item for p in batch])
+            except Exception as exc:  # noqa: BLE001 - delivered to every submitter
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+                continue
+            if self.on_batch is not None:
+                self.on_batch(len(batch), time.perf_counter() - started)
+            for pending, result in zip(batch, results, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(result)

@@ -1,0 +1,66 @@
+"""Decode token chunks of several streams in one flow call (sync; the runner and the library use it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+MEL_BINS = 80
+
+
+@dataclass
+class FlowSession:
+    """One request's flow state: its voice, every token so far, and how far mel was emitted."""
+
+    prompt_tokens: torch.Tensor  # int64 [P]
+    prompt_mel: torch.Tensor  # float32 [2P, 80]
+    embedding: torch.Tensor  # float32 [192]
+    tokens: list[int] = field(default_factory=list)
+    token_offset: int = 0
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    session: FlowSession
+    tokens: tuple[int, ...]  # snapshots: a batch runs on another thread than the stream
+    offset: int
+    finalize: bool
+
+
+@torch.inference_mode()
+def decode_chunk_batch(flow: torch.nn.Module, jobs: list[ChunkJob]) -> list[np.ndarray]:
+    """Per job, the mel frames [80, n] of tokens[offset:] (minus the look-ahead unless final).
+
+    Non-final chunks use chunked attention with the look-ahead as right context, the final
+    one full attention (upstream passes streaming=True only with finalize=False).
+    """
+    parameter = next(flow.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    ratio = int(flow.token_mel_ratio)
+    batch = len(jobs)
+    token_len = torch.tensor([len(j.tokens) for j in jobs])
+    prompt_len = torch.tensor([j.session.prompt_tokens.numel() for j in jobs])
+    tokens = torch.zeros(batch, int(token_len.max()), dtype=torch.long)
+    prompt_tokens = torch.zeros(batch, int(prompt_len.max()), dtype=torch.long)
+    prompt_mel = torch.zeros(batch, prompt_tokens.size(1) * ratio, MEL_BINS)
+    for i, job in enumerate(jobs):
+        tokens[i, : len(job.tokens)] = torch.tensor(job.tokens, dtype=torch.long)
+        prompt_tokens[i, : prompt_len[i]] = job.session.prompt_tokens
+        prompt_mel[i, : prompt_len[i] * ratio] = job.session.prompt_mel
+    finalize = [j.finalize for j in jobs]
+    mel = flow.inference(
+        token=tokens.to(device),
+        token_len=token_len.to(device),
+        prompt_token=prompt_tokens.to(device),
+        prompt_token_len=prompt_len.to(device),
+        prompt_feat=prompt_mel.to(device, dtype),
+        prompt_feat_len=(prompt_len * ratio).to(device),
+        embedding=torch.stack([j.session.embedding for j in jobs]).to(device, dtype),
+        streaming=[not f for f in finalize],
+        finalize=finalize,
+    )
+    lengths = flow.output_lengths(token_len, prompt_len, prompt_len * ratio, finalize)
+    mel = mel.float().cpu()
+    return [mel[i, :, job.offset * ratio : int(lengths[i])].numpy().copy() for i, job in enumerate(jobs)]

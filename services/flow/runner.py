@@ -1,0 +1,111 @@
+"""Flow runner: per-stream sessions, cross-request batching, the streaming slice by token offset.
+
+Each non-final chunk re-runs the flow over prompt + every token so far with chunked attention
+and keeps only the frames past the session's offset (upstream token2wav: `mel[:, :, offset*2:]`);
+the last `pre_lookahead_len` tokens are look-ahead and are decoded again with the next chunk.
+The final chunk uses full attention. Chunks of concurrent streams that are waiting at the
+same time run as one padded batch (per-item streaming/finalize flags).
+"""
+
+from __future__ import annotations
+
+import time
+import numpy as np
+import torch
+
+from services.common.batching import Batcher
+from services.common.errors import InvalidRequest
+from services.flow.api import MelChunkResult, VoicePrompt
+from services.flow.chunk_decoder import MEL_BINS, ChunkJob, FlowSession, decode_chunk_batch
+from services.flow.metrics import FlowMetrics
+from services.flow.speakers import SPEAKER_EMBED_DIM, SpeakerTable
+
+
+class FlowRunner:
+    def __init__(
+        self,
+        flow: torch.nn.Module,
+        speakers: SpeakerTable,
+        metrics: FlowMetrics,
+        max_batch_size: int = 8,
+        max_wait_seconds: float = 0.0,
+    ) -> None:
+        self.flow = flow
+        self.speakers = speakers
+        self.metrics = metrics
+        self.speech_token_size = int(flow.input_embedding.num_embeddings)
+        self.lookahead = int(flow.pre_lookahead_len)
+        self.ratio = int(flow.token_mel_ratio)
+        self.max_frames = int(flow.decoder.max_frames)
+        parameter = next(flow.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+        self.num_sessions = 0
+        self._batcher: Batcher[ChunkJob, np.ndarray] = Batcher(
+            self._run_batch, max_batch_size, max_wait_seconds, name="flow", on_batch=self._observe_batch
+        )
+
+    def start(self) -> None:
+        self._batcher.start()
+
+    async def close(self) -> None:
+        await self._batcher.close()
+
+    def _observe_batch(self, size: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(size)
+        self.metrics.batch_duration.observe(seconds)
+
+    def open_session(self, speaker_id: str | None, prompt: VoicePrompt | None) -> FlowSession:
+        if prompt is None:
+            session = FlowSession(
+                torch.zeros(0, dtype=torch.long), torch.zeros(0, MEL_BINS), self.speakers.embedding(speaker_id)
+            )
+        else:
+            session = self._prompt_session(prompt)
+        self.num_sessions += 1
+        self.metrics.sessions.set(self.num_sessions)
+        return session
+
+    def _prompt_session(self, prompt: VoicePrompt) -> FlowSession:
+        tokens, mel, embedding = prompt.prompt_tokens, prompt.prompt_mel, prompt.speaker_embedding
+        if tokens.ndim != 1 or ((tokens < 0) | (tokens >= self.speech_token_size)).any():
+            raise InvalidRequest(f"prompt.prompt_tokens: must be a vector of ids in [0, {self.speech_token_size})")
+        if mel.shape != (self.ratio * tokens.size, MEL_BINS):
+            raise InvalidRequest(
+                f"prompt.prompt_mel: shape {list(mel.shape)}, expected [{self.ratio * tokens.size}, {MEL_BINS}] "
+                f"({self.ratio} frames per prompt token)"
+            )
+        if embedding.shape != (SPEAKER_EMBED_DIM,) or not np.isfinite(embedding).all() or not np.isfinite(mel).all():
+            raise InvalidRequest(f"prompt: speaker_embedding must be [{SPEAKER_EMBED_DIM}] and all values finite")
+        return FlowSession(
+            torch.from_numpy(tokens.astype(np.int64)), torch.from_numpy(mel.astype(np.float32)),
+            torch.from_numpy(embedding.astype(np.float32)),
+        )
+
+    def close_session(self, session: FlowSession) -> None:
+        self.num_sessions -= 1
+        self.metrics.sessions.set(self.num_sessions)
+
+    async def decode(self, session: FlowSession, tokens: list[int], finalize: bool) -> MelChunkResult:
+        if any(not 0 <= t < self.speech_token_size for t in tokens):
+            raise InvalidRequest(f"chunk.tokens: ids must be in [0, {self.speech_token_size})")
+        session.tokens.extend(tokens)
+        total_frames = (session.prompt_tokens.numel() + len(session.tokens)) * self.ratio
+        if total_frames > self.max_frames:
+            raise InvalidRequest(
+                f"chunk.tokens: prompt + {len(session.tokens)} tokens make {total_frames} mel frames, "
+                f"over the flow's limit of {self.max_frames}"
+            )
+        emit_end = len(session.tokens) if finalize else len(session.tokens) - self.lookahead
+        started = time.perf_counter()
+        if emit_end <= session.token_offset:  # nothing new completed (or an empty utterance)
+            mel = np.zeros((MEL_BINS, 0), np.float32)
+        else:
+            mel = await self._batcher.submit(ChunkJob(session, tuple(session.tokens), session.token_offset, finalize))
+            session.token_offset = emit_end
+        elapsed = time.perf_counter() - started
+        self.metrics.chunk_duration.observe(elapsed)
+        self.metrics.frames.inc(mel.shape[1])
+        return MelChunkResult(mel, session.token_offset, elapsed)
+
+    def _run_batch(self, jobs: list[ChunkJob]) -> list[np.ndarray]:
+        return decode_chunk_batch(self.flow, jobs)

@@ -1,0 +1,71 @@
+"""Composition root of the flow process: config → model → runner → servicer → server."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Sequence
+
+from prometheus_client import CollectorRegistry
+
+from services.common.config import load_config
+from services.common.logging_setup import configure_logging
+from services.common.metrics import make_registry
+from services.common.pb import flow_pb2, flow_pb2_grpc
+from services.common.server import ServiceBinding, ServiceHost
+from services.common.stage_app import StageApp
+from services.flow.config import FlowServiceConfig
+from services.flow.metrics import FlowMetrics
+from services.flow.servicer import FlowDecoderServicer
+
+SERVICE_NAME = flow_pb2.DESCRIPTOR.services_by_name["FlowDecoder"].full_name
+WARMUP_TOKENS = 60
+
+
+def _load_runner(config: FlowServiceConfig, metrics: FlowMetrics):  # noqa: ANN202 - torch stays lazy
+    from services.common.modeldir.layout import ModelDir
+    from services.flow.model.loader import load_flow
+    from services.flow.runner import FlowRunner
+    from services.flow.speakers import SpeakerTable
+
+    config.apply_threads()
+    model_dir = ModelDir.open(config.model_dir)
+    flow = load_flow(model_dir, config.device, config.torch_dtype())
+    speakers = SpeakerTable.load(model_dir.spk2info_path)
+    return FlowRunner(flow, speakers, metrics, config.max_batch_size, config.max_batch_wait_ms / 1000)
+
+
+async def _warm_up(runner) -> None:  # noqa: ANN001
+    import torch
+
+    from services.flow.chunk_decoder import FlowSession
+
+    session = FlowSession(torch.zeros(0, dtype=torch.long), torch.zeros(0, 80), torch.ones(192))
+    await runner.decode(session, list(range(WARMUP_TOKENS)), finalize=False)
+    await runner.decode(session, [], finalize=True)
+
+
+def create_app(config: FlowServiceConfig, registry: CollectorRegistry | None = None) -> StageApp:
+    registry = registry if registry is not None else make_registry()
+    metrics = FlowMetrics(registry)
+    servicer = FlowDecoderServicer()
+    host = ServiceHost(
+        config, [ServiceBinding(SERVICE_NAME, servicer, flow_pb2_grpc.add_FlowDecoderServicer_to_server)], registry
+    )
+
+    async def load() -> None:
+        runner = await asyncio.to_thread(_load_runner, config, metrics)
+        runner.start()
+        await _warm_up(runner)  # chunked and full attention, through the batcher
+        servicer.runner = runner
+
+    async def close() -> None:
+        if servicer.runner is not None:
+            await servicer.runner.close()
+
+    return StageApp("flow", host, load, close, servicer)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = load_config(FlowServiceConfig, argv)
+    configure_logging(config.log_level, config.log_json, process="flow")
+    asyncio.run(create_app(config).run())

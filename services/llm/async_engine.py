@@ -1,0 +1,138 @@
+"""asyncio front of the LLM engine: one engine thread, many concurrent request streams.
+
+The engine is single-threaded by design, so every call into it (add, abort, step) runs on
+one dedicated worker thread: no lock, and the event loop never blocks on model compute.
+A single loop task steps the engine while any request is unfinished and routes each
+step's tokens to the per-request queues; with nothing to do it sleeps on an Event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import AsyncIterator, Callable, TypeVar
+
+from services.common.errors import InvalidRequest, Overloaded
+from services.common.modeldir.tokenizer import CosyVoiceTokenizer
+from services.llm.api import GenerationRequest, TokenEvent
+from services.llm.engine.llm_engine import LLMEngine, StepOutput
+from services.llm.metrics import LLMMetrics
+from services.llm.model.prompt import LLMPrompt, SynthesisMode, build_prompt
+from services.llm.model.sampling import SamplingParams
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class AsyncLLMEngine:
+    def __init__(
+        self, engine: LLMEngine, tokenizer: CosyVoiceTokenizer, metrics: LLMMetrics, max_waiting_requests: int
+    ) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.metrics = metrics
+        self.max_waiting_requests = max_waiting_requests
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-engine")
+        self._queues: dict[str, asyncio.Queue[StepOutput]] = {}
+        self._work = asyncio.Event()
+        self._loop_task: asyncio.Task | None = None
+
+    @property
+    def num_active_requests(self) -> int:
+        """Requests with engine state (waiting or running); 0 once every stream has ended."""
+        return len(self._queues)
+
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._run(), name="llm-engine-loop")
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    def build_prompt(self, request: GenerationRequest) -> LLMPrompt:
+        text_ids = self.tokenizer.encode(request.text)
+        if not text_ids:
+            raise InvalidRequest("text: tokenizes to nothing")
+        prompt_ids = self.tokenizer.encode(request.prompt_text) if request.prompt_text else []
+        if request.prompt_speech_tokens:
+            mode, kwargs = SynthesisMode.ZERO_SHOT, {"prompt_text_ids": prompt_ids}
+        elif prompt_ids:
+            mode, kwargs = SynthesisMode.INSTRUCT2, {"instruct_text_ids": prompt_ids}
+        else:
+            mode, kwargs = SynthesisMode.SFT, {}
+        try:
+            return build_prompt(mode, text_ids, prompt_speech_tokens=tuple(request.prompt_speech_tokens), **kwargs)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+
+    def sampling_params(self, overrides: dict) -> SamplingParams:
+        try:
+            return dataclasses.replace(self.engine.default_params, **overrides)
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"sampling: {exc}") from None
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        """Token events of one request; leaving the iterator early aborts it in the engine."""
+        prompt = self.build_prompt(request)
+        params = self.sampling_params(request.sampling)
+        if self.engine.scheduler.num_waiting >= self.max_waiting_requests:
+            raise Overloaded(f"{self.engine.scheduler.num_waiting} requests already wait for the LLM")
+        request_id = uuid.uuid4().hex
+        queue: asyncio.Queue[StepOutput] = asyncio.Queue()
+        self._queues[request_id] = queue
+        finished = False
+        try:
+            try:
+                await self._call(self.engine.add_request, request_id, prompt, params)
+            except ValueError as exc:  # prompt, sampling or length validation
+                raise InvalidRequest(str(exc)) from None
+            self.metrics.prompt_tokens.inc(prompt.num_positions)
+            self._work.set()
+            arrived, first = time.perf_counter(), True
+            while not finished:
+                output = await queue.get()
+                if first and output.token is not None:
+                    self.metrics.time_to_first_token.observe(time.perf_counter() - arrived)
+                    first = False
+                finished = output.finished
+                yield TokenEvent(output.token, output.finished, output.finish_reason, prompt.num_target_text_tokens)
+        finally:
+            self._queues.pop(request_id, None)
+            if not finished:  # cancelled or abandoned: free the KV slot now
+                await asyncio.shield(self._call(self.engine.abort_request, request_id))
+
+    def _step(self) -> tuple[list[StepOutput], bool, int, int]:
+        outputs = self.engine.step()
+        scheduler = self.engine.scheduler
+        return outputs, self.engine.has_unfinished(), scheduler.num_running, scheduler.num_waiting
+
+    async def _run(self) -> None:
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            busy = True
+            while busy:
+                started = time.perf_counter()
+                outputs, busy, running, waiting = await self._call(self._step)
+                self.metrics.step_duration.observe(time.perf_counter() - started)
+                self.metrics.requests_running.set(running)
+                self.metrics.requests_waiting.set(waiting)
+                tokens = sum(1 for o in outputs if o.token is not None)
+                if tokens:
+                    self.metrics.step_batch_size.observe(tokens)
+                    self.metrics.generation_tokens.inc(tokens)
+                for output in outputs:
+                    if output.finished:
+                        self.metrics.requests_finished.labels(output.finish_reason or "unknown").inc()
+                    queue = self._queues.get(output.request_id)
+                    if queue is not None:
+                        queue.put_nowait(output)

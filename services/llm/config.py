@@ -1,0 +1,27 @@
+"""LLM stage settings (flags or COSYVOICE_LLM_* environment variables)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from services.common.config import check, setting
+from services.common.stage_config import StageConfig
+
+
+@dataclasses.dataclass
+class LLMServiceConfig(StageConfig):
+    """The LLM stage: text in, speech tokens out."""
+
+    ENV_PREFIX = "COSYVOICE_LLM_"
+    PROG = "cosyvoice serve llm"
+
+    max_num_seqs: int = setting(16, "sequences decoded together in one step (KV-cache slots)")
+    max_num_batched_tokens: int = setting(4096, "prompt positions admitted per prefill step")
+    max_model_len: int = setting(4096, "prompt + generated positions per sequence")
+    max_waiting_requests: int = setting(256, "queued requests before RESOURCE_EXHAUSTED")
+    max_text_chars: int = setting(4000, "longest text, in characters")
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "max_waiting_requests", "max_text_chars"):
+            check(getattr(self, name) >= 1, self, name, "must be >= 1")

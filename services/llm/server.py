@@ -1,0 +1,71 @@
+"""Composition root of the LLM process: config → engine → async engine → servicer → server."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Sequence
+
+from prometheus_client import CollectorRegistry
+
+from services.common.config import load_config
+from services.common.logging_setup import configure_logging
+from services.common.metrics import make_registry
+from services.common.modeldir.layout import ModelDir
+from services.common.modeldir.tokenizer import CosyVoiceTokenizer
+from services.common.pb import llm_pb2, llm_pb2_grpc
+from services.common.server import ServiceBinding, ServiceHost
+from services.common.stage_app import StageApp
+from services.llm.async_engine import AsyncLLMEngine
+from services.llm.config import LLMServiceConfig
+from services.llm.metrics import LLMMetrics
+from services.llm.servicer import SpeechTokenGeneratorServicer
+
+SERVICE_NAME = llm_pb2.DESCRIPTOR.services_by_name["SpeechTokenGenerator"].full_name
+WARMUP_TEXT = "warm up"
+
+
+def _load_engine(config: LLMServiceConfig):  # noqa: ANN202 - torch types stay out of this module's API
+    from services.llm.engine.config import EngineConfig
+    from services.llm.engine.llm_engine import LLMEngine
+    from services.llm.model.sampling import SamplingParams
+
+    config.apply_threads()
+    model_dir = ModelDir.open(config.model_dir)
+    tokenizer = CosyVoiceTokenizer.from_dir(model_dir.tokenizer_dir)
+    engine_config = EngineConfig(config.max_num_seqs, config.max_num_batched_tokens, config.max_model_len)
+    engine = LLMEngine.from_model_dir(model_dir, config.device, config.torch_dtype(), engine_config)
+    # Warm-up: one short request through prefill, decode and sampling.
+    from services.llm.model.prompt import build_prompt
+
+    prompt = build_prompt("sft", tokenizer.encode(WARMUP_TEXT))
+    for _ in engine.generate(prompt, SamplingParams(seed=0, min_token_text_ratio=0, max_token_text_ratio=2)):
+        pass
+    return engine, tokenizer
+
+
+def create_app(config: LLMServiceConfig, registry: CollectorRegistry | None = None) -> StageApp:
+    registry = registry if registry is not None else make_registry()
+    metrics = LLMMetrics(registry)
+    servicer = SpeechTokenGeneratorServicer(config.max_text_chars)
+    host = ServiceHost(
+        config, [ServiceBinding(SERVICE_NAME, servicer, llm_pb2_grpc.add_SpeechTokenGeneratorServicer_to_server)],
+        registry,
+    )
+
+    async def load() -> None:
+        engine, tokenizer = await asyncio.to_thread(_load_engine, config)
+        async_engine = AsyncLLMEngine(engine, tokenizer, metrics, config.max_waiting_requests)
+        async_engine.start()
+        servicer.engine = async_engine
+
+    async def close() -> None:
+        if servicer.engine is not None:
+            await servicer.engine.close()
+
+    return StageApp("llm", host, load, close, servicer)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = load_config(LLMServiceConfig, argv)
+    configure_logging(config.log_level, config.log_json, process="llm")
+    asyncio.run(create_app(config).run())

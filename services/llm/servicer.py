@@ -1,0 +1,53 @@
+"""SpeechTokenGenerator servicer: converts protos, delegates to the engine. Imports no torch."""
+
+from __future__ import annotations
+
+import time
+from typing import AsyncIterator
+
+import grpc
+
+from services.common.errors import InvalidRequest, Unavailable, map_errors
+from services.common.pb import common_pb2, llm_pb2, llm_pb2_grpc
+from services.llm.api import GenerationRequest, TokenGenerator
+
+_FINISH_REASONS = {
+    "stop": common_pb2.FINISH_REASON_STOP,
+    "length": common_pb2.FINISH_REASON_LENGTH,
+    "abort": common_pb2.FINISH_REASON_ABORT,
+}
+_OVERRIDABLE = ("seed", "top_p", "top_k", "win_size", "tau_r", "min_token_text_ratio", "max_token_text_ratio")
+
+
+class SpeechTokenGeneratorServicer(llm_pb2_grpc.SpeechTokenGeneratorServicer):
+    def __init__(self, max_text_chars: int) -> None:
+        self.engine: TokenGenerator | None = None  # set once weights are loaded
+        self.max_text_chars = max_text_chars
+
+    @map_errors
+    async def Generate(
+        self, request: llm_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[llm_pb2.GenerateResponse]:
+        received = time.perf_counter()
+        if self.engine is None:
+            raise Unavailable("the LLM is still loading")
+        if not request.text.strip():
+            raise InvalidRequest("text: must not be empty")
+        for name in ("text", "prompt_text"):
+            if len(getattr(request, name)) > self.max_text_chars:
+                raise InvalidRequest(f"{name}: longer than {self.max_text_chars} characters")
+        overrides = {name: getattr(request.sampling, name) for name in _OVERRIDABLE if request.sampling.HasField(name)}
+        source = GenerationRequest(
+            request.text, request.prompt_text, tuple(request.prompt_speech_tokens), overrides
+        )
+        first = True
+        async for event in self.engine.generate(source):
+            response = llm_pb2.GenerateResponse(elapsed_seconds=time.perf_counter() - received)
+            if event.token is not None:
+                response.tokens.append(event.token)
+            if first:
+                response.num_text_tokens = event.num_text_tokens
+                first = False
+            if event.finished:
+                response.finish_reason = _FINISH_REASONS.get(event.finish_reason or "", common_pb2.FINISH_REASON_STOP)
+            yield response

@@ -1,0 +1,112 @@
+"""`cosyvoice make-tiny-model OUT_DIR [--seed N]`: a random-weight CosyVoice2 model directory.
+
+Same files, names, key layouts and tags as CosyVoice2-0.5B; only the dimensions are small.
+It is loaded through exactly the code path a real directory uses, which is the point: the
+tests and the demo exercise the real loaders. Random weights make noise, not speech.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import struct
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from services.common.modeldir.layout import (
+    FLOW_CHECKPOINT,
+    HIFT_CHECKPOINT,
+    LLM_CHECKPOINT,
+    QWEN_DIR,
+    SPK2INFO,
+    ModelDir,
+)
+from services.common.modeldir.tokenizer import EOS_TOKEN, CosyVoiceTokenizer
+from services.tinymodel.onnx_models import write_onnx_models
+from services.tinymodel.qwen_config import tiny_qwen_config
+from services.tinymodel.tokenizer_files import write_tokenizer_dir
+
+TINY_YAML = Path(__file__).with_name("cosyvoice2_tiny.yaml")
+DEFAULT_SPEAKER = "default"
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """The safetensors format (8-byte header size, JSON header, raw little-endian data)."""
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    blobs, offset = [], 0
+    for name, tensor in tensors.items():
+        data = tensor.detach().contiguous().cpu().numpy().tobytes()
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        blobs.append(data)
+        offset += len(data)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as file:
+        file.write(struct.pack("<Q", len(encoded)))
+        file.write(encoded)
+        for blob in blobs:
+            file.write(blob)
+
+
+def _write_qwen_dir(root: Path) -> None:
+    qwen_dir = root / QWEN_DIR
+    write_tokenizer_dir(qwen_dir)
+    tokenizer = CosyVoiceTokenizer.from_dir(qwen_dir)
+    # Like Qwen2's 151,936 rows for 151,663 tokens: round the embedding up past the tokenizer.
+    vocab_size = (len(tokenizer) + 63) // 64 * 64
+    eos = tokenizer.token_id(EOS_TOKEN)
+    config = tiny_qwen_config(vocab_size) | {"bos_token_id": eos, "eos_token_id": eos}
+    (qwen_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    generation = {"bos_token_id": eos, "eos_token_id": eos, "max_new_tokens": 2048, "do_sample": False}
+    (qwen_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+
+
+def write_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write the directory and return its path; the global RNG state is left untouched."""
+    from services.flow.model.loader import build_flow
+    from services.flow.model.loader import official_state_dict as flow_state_dict
+    from services.llm.model.loader import build_llm
+    from services.llm.model.loader import official_state_dict as llm_state_dict
+    from services.vocoder.model.loader import build_hift
+    from services.vocoder.model.loader import official_state_dict as hift_state_dict
+
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(TINY_YAML, root / "cosyvoice2.yaml")
+    _write_qwen_dir(root)
+    model_dir = ModelDir.open(root)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        llm_state = llm_state_dict(build_llm(model_dir))
+        torch.save(llm_state, root / LLM_CHECKPOINT)
+        torch.save(flow_state_dict(build_flow(model_dir)), root / FLOW_CHECKPOINT)
+        torch.save(hift_state_dict(build_hift(model_dir)), root / HIFT_CHECKPOINT)
+        speakers = {DEFAULT_SPEAKER: {"embedding": torch.randn(1, 192)}}
+        torch.save(speakers, root / SPK2INFO)
+    # The HF backbone weights the reference's Qwen2Encoder loads first (llm.pt overwrites them).
+    prefix = "llm.model."
+    backbone = {key[len(prefix):]: value for key, value in llm_state.items() if key.startswith(prefix)}
+    backbone.pop("lm_head.weight", None)  # tied to embed_tokens, as in the real file
+    write_safetensors(backbone, root / QWEN_DIR / "model.safetensors")
+    write_onnx_models(root, seed, model_dir.generation.speech_tokenizer_name)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="cosyvoice make-tiny-model", description=__doc__)
+    parser.add_argument("out_dir")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    root = write_tiny_model(args.out_dir, args.seed)
+    print(f"wrote a random-weight CosyVoice2 model to {root} in {time.perf_counter() - started:.1f} s "
+          "(random weights: it makes noise, not speech)")

@@ -1,0 +1,67 @@
+"""Composition root of the vocoder process: config → model → runner → servicer → server."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Sequence
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from services.common.config import load_config
+from services.common.logging_setup import configure_logging
+from services.common.metrics import make_registry
+from services.common.pb import vocoder_pb2, vocoder_pb2_grpc
+from services.common.server import ServiceBinding, ServiceHost
+from services.common.stage_app import StageApp
+from services.vocoder.config import VocoderServiceConfig
+from services.vocoder.metrics import VocoderMetrics
+from services.vocoder.servicer import VocoderServicer
+
+SERVICE_NAME = vocoder_pb2.DESCRIPTOR.services_by_name["Vocoder"].full_name
+WARMUP_FRAMES = 50
+
+
+def _load_runner(config: VocoderServiceConfig, metrics: VocoderMetrics):  # noqa: ANN202 - torch stays lazy
+    from services.common.modeldir.layout import ModelDir
+    from services.vocoder.model.loader import load_hift
+    from services.vocoder.runner import VocoderRunner
+
+    config.apply_threads()
+    hift = load_hift(ModelDir.open(config.model_dir), config.device, config.torch_dtype())
+    return VocoderRunner(hift, metrics, config.max_batch_size, config.max_batch_wait_ms / 1000)
+
+
+async def _warm_up(runner) -> None:  # noqa: ANN001
+    stream = runner.open_stream(seed=0)
+    mel = np.zeros((runner.mel_bins, WARMUP_FRAMES), np.float32)
+    await runner.vocode(stream, mel, finalize=False)
+    await runner.vocode(stream, mel, finalize=True)
+    runner.close_stream(stream)
+
+
+def create_app(config: VocoderServiceConfig, registry: CollectorRegistry | None = None) -> StageApp:
+    registry = registry if registry is not None else make_registry()
+    metrics = VocoderMetrics(registry)
+    servicer = VocoderServicer()
+    host = ServiceHost(
+        config, [ServiceBinding(SERVICE_NAME, servicer, vocoder_pb2_grpc.add_VocoderServicer_to_server)], registry
+    )
+
+    async def load() -> None:
+        runner = await asyncio.to_thread(_load_runner, config, metrics)
+        runner.start()
+        await _warm_up(runner)
+        servicer.runner = runner
+
+    async def close() -> None:
+        if servicer.runner is not None:
+            await servicer.runner.close()
+
+    return StageApp("vocoder", host, load, close, servicer)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = load_config(VocoderServiceConfig, argv)
+    configure_logging(config.log_level, config.log_json, process="vocoder")
+    asyncio.run(create_app(config).run())
