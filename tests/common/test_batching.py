@@ -1,0 +1,57 @@
+import asyncio
+import threading
+
+import pytest
+
+from services.common.batching import Batcher
+
+
+async def test_items_queued_during_a_batch_form_the_next_batch():
+    gate = threading.Event()
+    sizes = []
+
+    def run(items):
+        sizes.append(len(items))
+        if len(sizes) == 1:
+            gate.wait(5)  # hold the first batch until the others are queued
+        return [item * 10 for item in items]
+
+    batcher = Batcher(run, max_batch_size=8)
+    batcher.start()
+    first = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0.05)
+    rest = [asyncio.create_task(batcher.submit(i)) for i in range(2, 6)]
+    await asyncio.sleep(0.05)
+    gate.set()
+    assert await first == 10
+    assert [await t for t in rest] == [20, 30, 40, 50]
+    assert sizes == [1, 4]
+    await batcher.close()
+
+
+async def test_batch_size_is_capped():
+    sizes = []
+    batcher = Batcher(lambda items: (sizes.append(len(items)), items)[1], max_batch_size=2, max_wait_seconds=0.2)
+    batcher.start()
+    assert await asyncio.gather(*(batcher.submit(i) for i in range(5))) == [0, 1, 2, 3, 4]
+    assert max(sizes) == 2 and sum(sizes) == 5
+    await batcher.close()
+
+
+async def test_a_failing_batch_fails_each_item_and_the_batcher_goes_on():
+    def run(items):
+        if "bad" in items:
+            raise RuntimeError("boom")
+        return items
+
+    batcher = Batcher(run, max_batch_size=4, max_wait_seconds=0.05)
+    batcher.start()
+    results = await asyncio.gather(batcher.submit("bad"), batcher.submit("ok"), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert await batcher.submit("fine") == "fine"
+    await batcher.close()
+
+
+def test_rejects_bad_size():
+    with pytest.raises(ValueError):
+        Batcher(lambda x: x, max_batch_size=0)
