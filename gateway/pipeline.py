@@ -18,39 +18,20 @@ import grpc
 import numpy as np
 
 from gateway.clients import StageClients
-from services.common.chunking import ChunkPolicy, TokenChunker
+from services.common.chunking import ChunkPolicy, TokenChunker, whole_utterance
 from services.common.errors import UpstreamError, upstream_error
 from services.common.pb import flow_pb2, llm_pb2, vocoder_pb2
+from services.common.pumps import AudioPiece, FirstChunkTimings, SynthesisJob, run_pumps
 from services.common.tensors import from_proto
 
-
-@dataclass(frozen=True)
-class SynthesisJob:
-    request_id: str
-    text: str
-    speaker_id: str
-    seed: int
-
-
-@dataclass
-class FirstChunkTimings:
-    llm_seconds: float = 0.0
-    flow_seconds: float = 0.0
-    vocoder_seconds: float = 0.0
-
-
-@dataclass
-class AudioPiece:
-    samples: np.ndarray  # float32 mono
-    sample_rate: int
-    is_final: bool
-    timings: FirstChunkTimings | None = None  # on the first piece only
+__all__ = ["AudioPiece", "FirstChunkTimings", "StagePipeline", "SynthesisJob"]
 
 
 @dataclass
 class _Shared:
     timings: FirstChunkTimings = field(default_factory=FirstChunkTimings)
     flow_timed: bool = False
+
 
 
 async def _requests(first: object, queue: asyncio.Queue) -> AsyncIterator[object]:
@@ -91,47 +72,34 @@ class StagePipeline:
             start=vocoder_pb2.VocodeStart(request_id=job.request_id, seed=job.seed)
         )
         vocoder_call = self.clients.vocoder.Vocode(_requests(vocoder_start, vocoder_in), timeout=timeout)
-        tasks = [
-            asyncio.create_task(self._pump_tokens(llm_call, flow_in, shared)),
-            asyncio.create_task(self._pump_mel(flow_call, vocoder_in, shared)),
-            asyncio.create_task(self._pump_audio(vocoder_call, audio_out, shared)),
+        pumps = [
+            self._pump_tokens(llm_call, flow_in, shared),
+            self._pump_mel(flow_call, vocoder_in, shared),
+            self._pump_audio(vocoder_call, audio_out, shared),
         ]
-        failure: asyncio.Future = asyncio.get_running_loop().create_future()
 
-        def _on_done(task: asyncio.Task) -> None:
-            if not task.cancelled() and task.exception() is not None and not failure.done():
-                failure.set_exception(task.exception())
-
-        for task in tasks:
-            task.add_done_callback(_on_done)
-        try:
-            while True:
-                getter = asyncio.ensure_future(audio_out.get())
-                await asyncio.wait({getter, failure}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
-                    failure.result()  # raises the first stage error
-                piece: AudioPiece = getter.result()
-                yield piece
-                if piece.is_final:
-                    return
-        finally:
+        def cancel_calls() -> None:
             for call in (llm_call, flow_call, vocoder_call):
                 call.cancel()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if failure.done() and not failure.cancelled():
-                failure.exception()  # mark retrieved: it was raised above or superseded
 
-    async def _pump_tokens(self, call: grpc.aio.UnaryStreamCall, out: asyncio.Queue, shared: _Shared) -> None:
+        async for piece in run_pumps(pumps, audio_out, on_exit=cancel_calls):
+            yield piece
+
+    async def _pump_tokens(
+        self, call: grpc.aio.UnaryStreamCall, out: asyncio.Queue, shared: _Shared, stream: bool
+    ) -> None:
         chunker = TokenChunker(self.policy, num_prompt_tokens=0)
         tokens: list[int] = []
         sent = 0
         try:
             async for response in call:
                 tokens.extend(response.tokens)
-                chunks = chunker.finish(len(tokens)) if response.finish_reason else chunker.ready(len(tokens))
+                if not stream:
+                    chunks = [whole_utterance(len(tokens))] if response.finish_reason else []
+                elif response.finish_reason:
+                    chunks = chunker.finish(len(tokens))
+                else:
+                    chunks = chunker.ready(len(tokens))
                 for chunk in chunks:
                     if chunk.index == 0:
                         shared.timings.llm_seconds = response.elapsed_seconds

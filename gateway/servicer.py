@@ -59,6 +59,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
             text=request.text,
             speaker_id=request.speaker_id,
             seed=request.seed if request.HasField("seed") else secrets.randbits(63),
+            stream=request.stream,
         )
         try:
             async for response in self._synthesize(job, request, context):

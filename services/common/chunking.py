@@ -95,3 +95,9 @@ class TokenChunker:
         chunks.append(self._make(num_tokens, is_final=True))
         self._finished = True
         return chunks
+
+
+def whole_utterance(num_tokens: int) -> Chunk:
+    """The one chunk of a non-streaming request: every token, full attention (upstream
+    `tts(stream=False)`), which sounds better than the chunked path."""
+    return Chunk(end=num_tokens, offset=0, emit_end=num_tokens, is_final=True, index=0)

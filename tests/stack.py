@@ -1,0 +1,64 @@
+"""Start the stages and the gateway in-process on port 0 (real gRPC over loopback)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator
+
+from gateway.config import GatewayConfig
+from gateway.server import build_host
+from services.common.metrics import make_registry
+from services.common.server import ServiceHost
+from services.common.stage_app import StageApp
+from services.flow.config import FlowServiceConfig
+from services.flow.server import create_app as create_flow
+from services.llm.config import LLMServiceConfig
+from services.llm.server import create_app as create_llm
+from services.vocoder.config import VocoderServiceConfig
+from services.vocoder.server import create_app as create_vocoder
+
+
+@dataclass
+class Stack:
+    llm: StageApp
+    flow: StageApp
+    vocoder: StageApp
+    gateway: ServiceHost | None
+
+    @property
+    def address(self) -> str:
+        assert self.gateway is not None
+        return self.gateway.address
+
+
+@contextlib.asynccontextmanager
+async def stage_app(app: StageApp) -> AsyncIterator[StageApp]:
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_stack(model_dir: Path, with_gateway: bool = True, **gateway_settings: object) -> AsyncIterator[Stack]:
+    async with contextlib.AsyncExitStack() as stack:
+        llm = await stack.enter_async_context(stage_app(create_llm(LLMServiceConfig(model_dir=model_dir), make_registry())))
+        flow = await stack.enter_async_context(stage_app(create_flow(FlowServiceConfig(model_dir=model_dir), make_registry())))
+        vocoder = await stack.enter_async_context(
+            stage_app(create_vocoder(VocoderServiceConfig(model_dir=model_dir), make_registry()))
+        )
+        gateway = None
+        if with_gateway:
+            config = GatewayConfig(
+                llm_addr=llm.host.address, flow_addr=flow.host.address, vocoder_addr=vocoder.host.address,
+                **gateway_settings,
+            )
+            gateway, clients = build_host(config, make_registry())
+            await gateway.start()
+            await gateway.warm_up(None)
+            stack.push_async_callback(clients.close)
+            stack.push_async_callback(gateway.stop, 0)
+        yield Stack(llm, flow, vocoder, gateway)
