@@ -1,0 +1,60 @@
+"""Structural promises: servicers and the gateway import no torch; metrics pass promtool."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from prometheus_client import generate_latest
+
+from tests.conftest import ROOT
+
+TORCH_FREE = [
+    "gateway.server",
+    "services.cli.synth",
+    "services.llm.servicer",
+    "services.flow.servicer",
+    "services.vocoder.servicer",
+    "services.llm.engine.scheduler",
+    "services.common.chunking",
+]
+
+
+@pytest.mark.parametrize("module", TORCH_FREE)
+def test_module_imports_no_torch(module):
+    code = f"import sys, {module}; sys.exit(1 if 'torch' in sys.modules else 0)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, f"{module} pulls in torch\n{result.stderr}"
+
+
+def _exposition() -> str:
+    from gateway.metrics import GatewayMetrics
+    from services.common.metrics import make_registry
+    from services.flow.metrics import FlowMetrics
+    from services.llm.metrics import LLMMetrics
+    from services.vocoder.metrics import VocoderMetrics
+
+    registry = make_registry()
+    LLMMetrics(registry).requests_finished.labels("stop").inc()
+    FlowMetrics(registry)
+    VocoderMetrics(registry)
+    GatewayMetrics(registry).requests.labels("OK").inc()
+    return generate_latest(registry).decode()
+
+
+def test_metric_names_follow_prometheus_conventions():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(_exposition()):
+        assert family.name.startswith("cosyvoice_"), family.name
+        assert family.documentation, f"{family.name} has no help text"
+        if family.type == "counter":
+            assert not family.name.endswith("_total")  # the client appends it once
+        for sample in family.samples:
+            assert set(sample.labels) <= {"code", "finish_reason", "le"}, sample.labels
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
+def test_promtool_check_metrics_is_clean():
+    result = subprocess.run(["promtool", "check", "metrics"], input=_exposition(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
