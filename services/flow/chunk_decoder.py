@@ -7,7 +7,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from services.common.errors import InvalidRequest
+from services.flow.api import VoicePrompt
+
 MEL_BINS = 80
+SPEAKER_EMBED_DIM = 192
 
 
 @dataclass
@@ -19,6 +23,32 @@ class FlowSession:
     embedding: torch.Tensor  # float32 [192]
     tokens: list[int] = field(default_factory=list)
     token_offset: int = 0
+
+
+def speaker_session(embedding: torch.Tensor) -> FlowSession:
+    """A preset speaker's session (sft): no prompt tokens or mel, just the x-vector."""
+    return FlowSession(torch.zeros(0, dtype=torch.long), torch.zeros(0, MEL_BINS), embedding)
+
+
+def prompt_session(prompt: VoicePrompt, token_mel_ratio: int, speech_token_size: int) -> FlowSession:
+    """A session conditioned on a prompt recording; malformed prompts are InvalidRequest."""
+    tokens = np.asarray(prompt.prompt_tokens)
+    mel = np.asarray(prompt.prompt_mel)
+    embedding = np.asarray(prompt.speaker_embedding)
+    if tokens.ndim != 1 or ((tokens < 0) | (tokens >= speech_token_size)).any():
+        raise InvalidRequest(f"prompt.prompt_tokens: must be a vector of ids in [0, {speech_token_size})")
+    if mel.shape != (token_mel_ratio * tokens.size, MEL_BINS):
+        raise InvalidRequest(
+            f"prompt.prompt_mel: shape {list(mel.shape)}, expected [{token_mel_ratio * tokens.size}, {MEL_BINS}] "
+            f"({token_mel_ratio} frames per prompt token)"
+        )
+    if embedding.shape != (SPEAKER_EMBED_DIM,) or not np.isfinite(embedding).all() or not np.isfinite(mel).all():
+        raise InvalidRequest(f"prompt: speaker_embedding must be [{SPEAKER_EMBED_DIM}] and all values finite")
+    return FlowSession(
+        torch.from_numpy(tokens.astype(np.int64)),
+        torch.from_numpy(mel.astype(np.float32)),
+        torch.from_numpy(embedding.astype(np.float32)),
+    )
 
 
 @dataclass(frozen=True)

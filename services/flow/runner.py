@@ -16,9 +16,16 @@ import torch
 from services.common.batching import Batcher
 from services.common.errors import InvalidRequest
 from services.flow.api import MelChunkResult, VoicePrompt
-from services.flow.chunk_decoder import MEL_BINS, ChunkJob, FlowSession, decode_chunk_batch
+from services.flow.chunk_decoder import (
+    MEL_BINS,
+    ChunkJob,
+    FlowSession,
+    decode_chunk_batch,
+    prompt_session,
+    speaker_session,
+)
 from services.flow.metrics import FlowMetrics
-from services.flow.speakers import SPEAKER_EMBED_DIM, SpeakerTable
+from services.flow.speakers import SpeakerTable
 
 
 class FlowRunner:
@@ -56,30 +63,12 @@ class FlowRunner:
 
     def open_session(self, speaker_id: str | None, prompt: VoicePrompt | None) -> FlowSession:
         if prompt is None:
-            session = FlowSession(
-                torch.zeros(0, dtype=torch.long), torch.zeros(0, MEL_BINS), self.speakers.embedding(speaker_id)
-            )
+            session = speaker_session(self.speakers.embedding(speaker_id))
         else:
-            session = self._prompt_session(prompt)
+            session = prompt_session(prompt, self.ratio, self.speech_token_size)
         self.num_sessions += 1
         self.metrics.sessions.set(self.num_sessions)
         return session
-
-    def _prompt_session(self, prompt: VoicePrompt) -> FlowSession:
-        tokens, mel, embedding = prompt.prompt_tokens, prompt.prompt_mel, prompt.speaker_embedding
-        if tokens.ndim != 1 or ((tokens < 0) | (tokens >= self.speech_token_size)).any():
-            raise InvalidRequest(f"prompt.prompt_tokens: must be a vector of ids in [0, {self.speech_token_size})")
-        if mel.shape != (self.ratio * tokens.size, MEL_BINS):
-            raise InvalidRequest(
-                f"prompt.prompt_mel: shape {list(mel.shape)}, expected [{self.ratio * tokens.size}, {MEL_BINS}] "
-                f"({self.ratio} frames per prompt token)"
-            )
-        if embedding.shape != (SPEAKER_EMBED_DIM,) or not np.isfinite(embedding).all() or not np.isfinite(mel).all():
-            raise InvalidRequest(f"prompt: speaker_embedding must be [{SPEAKER_EMBED_DIM}] and all values finite")
-        return FlowSession(
-            torch.from_numpy(tokens.astype(np.int64)), torch.from_numpy(mel.astype(np.float32)),
-            torch.from_numpy(embedding.astype(np.float32)),
-        )
 
     def close_session(self, session: FlowSession) -> None:
         self.num_sessions -= 1

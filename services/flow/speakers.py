@@ -8,8 +8,7 @@ import torch
 
 from services.common.errors import NotFound
 from services.common.modeldir.checkpoint import CheckpointError
-
-SPEAKER_EMBED_DIM = 192
+from services.flow.chunk_decoder import SPEAKER_EMBED_DIM
 
 
 class SpeakerTable:

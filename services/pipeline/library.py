@@ -17,10 +17,18 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from services.common.chunking import Chunk, ChunkPolicy, TokenChunker
+from services.common.chunking import Chunk, ChunkPolicy, TokenChunker, whole_utterance
 from services.common.modeldir.layout import ModelDir
 from services.common.modeldir.tokenizer import CosyVoiceTokenizer
-from services.flow.chunk_decoder import MEL_BINS, ChunkJob, FlowSession, decode_chunk_batch
+from services.flow.api import VoicePrompt
+from services.flow.chunk_decoder import (
+    MEL_BINS,
+    ChunkJob,
+    FlowSession,
+    decode_chunk_batch,
+    prompt_session,
+    speaker_session,
+)
 from services.flow.model.loader import load_flow
 from services.flow.speakers import SpeakerTable
 from services.llm.engine.llm_engine import LLMEngine
@@ -85,16 +93,16 @@ class CosyVoicePipeline:
         seed: int = 0,
         stream: bool = False,
         speed: float = 1.0,
+        *,
+        prompt: VoicePrompt | None = None,
     ) -> Iterator[np.ndarray]:
-        embedding = self.speakers.embedding(speaker_id)
+        """Audio for given speech tokens: a preset speaker's voice, or `prompt`'s (flow prompt
+        tokens + mel + x-vector; then `speaker_id` is ignored)."""
         generator = torch.Generator(device=self.hift.conv_pre.weight.device).manual_seed(seed)
-        state = _StreamState(
-            FlowSession(torch.zeros(0, dtype=torch.long), torch.zeros(0, MEL_BINS), embedding),
-            VocoderStream(self.hift, generator),
-        )
+        state = _StreamState(self._flow_session(speaker_id, prompt), VocoderStream(self.hift, generator))
         if not stream:
             everything = list(tokens)
-            yield self._emit(state, everything, Chunk(len(everything), 0, len(everything), True, 0), speed)
+            yield self._emit(state, everything, whole_utterance(len(everything)), speed)
             return
         chunker = TokenChunker(self.policy, num_prompt_tokens=state.session.prompt_tokens.numel())
         received: list[int] = []
@@ -104,6 +112,12 @@ class CosyVoicePipeline:
                 yield self._emit(state, received, chunk)
         for chunk in chunker.finish(len(received)):
             yield self._emit(state, received, chunk)
+
+    def _flow_session(self, speaker_id: str | None, prompt: VoicePrompt | None) -> FlowSession:
+        if prompt is None:
+            return speaker_session(self.speakers.embedding(speaker_id))
+        vocabulary = int(self.flow.input_embedding.num_embeddings)
+        return prompt_session(prompt, int(self.flow.token_mel_ratio), vocabulary)
 
     def _emit(self, state: _StreamState, tokens: list[int], chunk: Chunk, speed: float = 1.0) -> np.ndarray:
         if chunk.num_new_tokens > 0:

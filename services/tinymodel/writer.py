@@ -70,6 +70,13 @@ def _write_qwen_dir(root: Path) -> None:
     (qwen_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
 
 
+@torch.no_grad()
+def _make_voiced(hift: torch.nn.Module) -> None:
+    """Random init predicts f0 near 0 Hz, below the 10 Hz voicing threshold, so the source
+    would be noise only; an f0 around 150 Hz makes the tiny model exercise the harmonic path."""
+    hift.f0_predictor.classifier.bias.fill_(150.0)
+
+
 def write_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     """Write the directory and return its path; the global RNG state is left untouched."""
     from services.flow.model.loader import build_flow
@@ -89,7 +96,9 @@ def write_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
         llm_state = llm_state_dict(build_llm(model_dir))
         torch.save(llm_state, root / LLM_CHECKPOINT)
         torch.save(flow_state_dict(build_flow(model_dir)), root / FLOW_CHECKPOINT)
-        torch.save(hift_state_dict(build_hift(model_dir)), root / HIFT_CHECKPOINT)
+        hift = build_hift(model_dir)
+        _make_voiced(hift)
+        torch.save(hift_state_dict(hift), root / HIFT_CHECKPOINT)
         speakers = {DEFAULT_SPEAKER: {"embedding": torch.randn(1, 192)}}
         torch.save(speakers, root / SPK2INFO)
     # The HF backbone weights the reference's Qwen2Encoder loads first (llm.pt overwrites them).
