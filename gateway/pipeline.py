@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 import grpc
-import numpy as np
 
 from gateway.clients import StageClients
 from services.common.chunking import ChunkPolicy, TokenChunker, whole_utterance
@@ -31,7 +30,6 @@ __all__ = ["AudioPiece", "FirstChunkTimings", "StagePipeline", "SynthesisJob"]
 class _Shared:
     timings: FirstChunkTimings = field(default_factory=FirstChunkTimings)
     flow_timed: bool = False
-
 
 
 async def _requests(first: object, queue: asyncio.Queue) -> AsyncIterator[object]:
@@ -73,7 +71,7 @@ class StagePipeline:
         )
         vocoder_call = self.clients.vocoder.Vocode(_requests(vocoder_start, vocoder_in), timeout=timeout)
         pumps = [
-            self._pump_tokens(llm_call, flow_in, shared),
+            self._pump_tokens(llm_call, flow_in, shared, job.stream),
             self._pump_mel(flow_call, vocoder_in, shared),
             self._pump_audio(vocoder_call, audio_out, shared),
         ]

@@ -101,6 +101,36 @@ def ensure_model_dir(model_dir: str | None) -> Path:
     return DEFAULT_TINY_DIR
 
 
+def start_stack(
+    model_dir: Path,
+    device: str = "cpu",
+    host: str = "127.0.0.1",
+    port: int = 0,
+    timeout: float = 600.0,
+    stage_args: Sequence[str] = (),
+    gateway_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> list[Child]:
+    """The three stages, then the gateway pointed at them; returned gateway first. Extra
+    flags go to every stage (`stage_args`) or to the gateway. On failure, whatever was
+    started is stopped again."""
+    env = dict(os.environ) if env is None else env
+    children: list[Child] = []
+    try:
+        for index, name in enumerate(STAGES):
+            args = ["--host", host, "--port", "0", "--model-dir", str(model_dir),
+                    "--device", _stage_device(device, index), *stage_args]
+            children.append(_start(name, args, env, timeout))
+        addresses = {c.name: c.address for c in children}
+        args = ["--host", host, "--port", str(port), "--llm-addr", addresses["llm"],
+                "--flow-addr", addresses["flow"], "--vocoder-addr", addresses["vocoder"], *gateway_args]
+        children.insert(0, _start("gateway", args, env, timeout))
+    except BaseException:
+        stop_all(children, grace=5.0)
+        raise
+    return children
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cosyvoice up", description=__doc__)
     parser.add_argument("--model-dir", help="CosyVoice2 model directory (default: generate the tiny model)")
@@ -110,7 +140,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for each stage")
     args = parser.parse_args(argv)
     model_dir = ensure_model_dir(args.model_dir)
-    env = dict(os.environ)
     children: list[Child] = []
     exited: list[Child] = []
     stopping = threading.Event()
@@ -121,14 +150,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        for index, name in enumerate(STAGES):
-            stage_args = ["--host", args.host, "--port", "0", "--model-dir", str(model_dir),
-                          "--device", _stage_device(args.device, index)]
-            children.append(_start(name, stage_args, env, args.start_timeout))
-        addresses = {c.name: c.address for c in children}
-        gateway_args = ["--host", args.host, "--port", str(args.port), "--llm-addr", addresses["llm"],
-                        "--flow-addr", addresses["flow"], "--vocoder-addr", addresses["vocoder"]]
-        children.insert(0, _start("gateway", gateway_args, env, args.start_timeout))
+        children = start_stack(model_dir, args.device, args.host, args.port, args.start_timeout)
         for child in children:
             print(f"{child.name} {child.address}", flush=True)
         def watch(child: Child) -> None:

@@ -38,6 +38,10 @@ SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    # Clients keep idle channels alive with pings (CHANNEL_OPTIONS); without this the server
+    # counts each ping on a connection with no call as a strike and, after two, closes it
+    # with GOAWAY too_many_pings, so the next call pays a reconnect.
+    ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.so_reuseport", 0),
 ]
 

@@ -65,7 +65,12 @@ def create_app(config: FlowServiceConfig, registry: CollectorRegistry | None = N
     return StageApp("flow", host, load, close, servicer)
 
 
+async def _serve(config: FlowServiceConfig) -> None:
+    # Built inside the running loop: grpc.aio.server() binds to the loop current at creation.
+    await create_app(config).run()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     config = load_config(FlowServiceConfig, argv)
     configure_logging(config.log_level, config.log_json, process="flow")
-    asyncio.run(create_app(config).run())
+    asyncio.run(_serve(config))

@@ -61,7 +61,12 @@ def create_app(config: VocoderServiceConfig, registry: CollectorRegistry | None 
     return StageApp("vocoder", host, load, close, servicer)
 
 
+async def _serve(config: VocoderServiceConfig) -> None:
+    # Built inside the running loop: grpc.aio.server() binds to the loop current at creation.
+    await create_app(config).run()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     config = load_config(VocoderServiceConfig, argv)
     configure_logging(config.log_level, config.log_json, process="vocoder")
-    asyncio.run(create_app(config).run())
+    asyncio.run(_serve(config))

@@ -1,0 +1,79 @@
+"""What the gateway's stage pipeline and the in-process monolith share: the job and audio
+types, and the driver that runs a synthesis as three pump tasks joined by bounded queues.
+
+    tokens ──▶ queue ──▶ mel ──▶ queue ──▶ audio ──▶ queue ──▶ caller
+
+The pumps differ (gRPC streams in the gateway, runner calls in the monolith); how they are
+run, how the first failure surfaces and how everything is torn down does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable, Coroutine
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SynthesisJob:
+    request_id: str
+    text: str
+    speaker_id: str
+    seed: int
+    stream: bool = True  # False: one flow call over every token (full attention), one audio piece
+
+
+@dataclass
+class FirstChunkTimings:
+    llm_seconds: float = 0.0  # request receipt → the token that completes the first chunk
+    flow_seconds: float = 0.0  # the flow's compute for the first chunk (batch wait included)
+    vocoder_seconds: float = 0.0  # the vocoder's compute for the first chunk (batch wait included)
+
+
+@dataclass
+class AudioPiece:
+    samples: np.ndarray  # float32 mono
+    sample_rate: int
+    is_final: bool
+    timings: FirstChunkTimings | None = None  # on the first piece only
+
+
+async def run_pumps(
+    pumps: list[Coroutine[object, object, None]],
+    audio_out: asyncio.Queue,
+    on_exit: Callable[[], None] | None = None,
+) -> AsyncIterator[AudioPiece]:
+    """Run `pumps` as tasks and yield the AudioPieces they put on `audio_out`, up to the final
+    one. The first pump failure is raised here. However the caller leaves (done, error,
+    cancellation, closing the iterator early), `on_exit` runs and every pump is cancelled and
+    awaited, so their `finally` blocks free the request's state at once."""
+    tasks = [asyncio.create_task(pump) for pump in pumps]
+    failure: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def _on_done(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None and not failure.done():
+            failure.set_exception(task.exception())
+
+    for task in tasks:
+        task.add_done_callback(_on_done)
+    try:
+        while True:
+            getter = asyncio.ensure_future(audio_out.get())
+            await asyncio.wait({getter, failure}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                failure.result()  # raises the first stage error
+            piece: AudioPiece = getter.result()
+            yield piece
+            if piece.is_final:
+                return
+    finally:
+        if on_exit is not None:
+            on_exit()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if failure.done() and not failure.cancelled():
+            failure.exception()  # mark retrieved: it was raised above or superseded
