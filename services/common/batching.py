@@ -94,3 +94,23 @@ class Batcher(Generic[I, O]):
             for pending, result in zip(batch, results, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(result)
+
+
+def length_buckets(lengths: list[int], max_padding_ratio: float) -> list[list[int]]:
+    """Group item indices so that padding each group to its longest item costs at most
+    `max_padding_ratio` × the group's real total: batching a 28-token first chunk with a
+    478-token re-decode would cost more than running them one after the other."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    total = 0
+    for index in order:
+        group = groups[-1] if groups else None
+        if group is not None:
+            padded = lengths[index] * (len(group) + 1)
+            if padded <= max_padding_ratio * (total + lengths[index]):
+                group.append(index)
+                total += lengths[index]
+                continue
+        groups.append([index])
+        total = lengths[index]
+    return groups

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from services.common.batching import Batcher
+from services.common.batching import Batcher, length_buckets
 from services.common.errors import InvalidRequest
 from services.flow.api import MelChunkResult, VoicePrompt
 from services.flow.chunk_decoder import (
@@ -36,8 +36,10 @@ class FlowRunner:
         metrics: FlowMetrics,
         max_batch_size: int = 8,
         max_wait_seconds: float = 0.0,
+        max_padding_ratio: float = 1.2,
     ) -> None:
         self.flow = flow
+        self.max_padding_ratio = max_padding_ratio
         self.speakers = speakers
         self.metrics = metrics
         self.speech_token_size = int(flow.input_embedding.num_embeddings)
@@ -97,4 +99,10 @@ class FlowRunner:
         return MelChunkResult(mel, session.token_offset, elapsed)
 
     def _run_batch(self, jobs: list[ChunkJob]) -> list[np.ndarray]:
-        return decode_chunk_batch(self.flow, jobs)
+        # Each job re-decodes prompt + all its tokens, so lengths in one batch differ a lot.
+        lengths = [j.session.prompt_tokens.numel() + len(j.tokens) for j in jobs]
+        results: list[np.ndarray] = [np.empty(0)] * len(jobs)
+        for group in length_buckets(lengths, self.max_padding_ratio):
+            for index, mel in zip(group, decode_chunk_batch(self.flow, [jobs[i] for i in group])):
+                results[index] = mel
+        return results

@@ -31,7 +31,9 @@ def _load_runner(config: FlowServiceConfig, metrics: FlowMetrics):  # noqa: ANN2
     model_dir = ModelDir.open(config.model_dir)
     flow = load_flow(model_dir, config.device, config.torch_dtype())
     speakers = SpeakerTable.load(model_dir.spk2info_path)
-    return FlowRunner(flow, speakers, metrics, config.max_batch_size, config.max_batch_wait_ms / 1000)
+    return FlowRunner(
+        flow, speakers, metrics, config.max_batch_size, config.max_batch_wait_ms / 1000, config.max_batch_padding
+    )
 
 
 async def _warm_up(runner) -> None:  # noqa: ANN001

@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from services.common.batching import Batcher
+from services.common.batching import Batcher, length_buckets
 
 
 async def test_items_queued_during_a_batch_form_the_next_batch():
@@ -55,3 +55,14 @@ async def test_a_failing_batch_fails_each_item_and_the_batcher_goes_on():
 def test_rejects_bad_size():
     with pytest.raises(ValueError):
         Batcher(lambda x: x, max_batch_size=0)
+
+
+def test_length_buckets_keep_padding_bounded():
+    lengths = [28, 478, 30, 78, 480, 29, 178]
+    groups = length_buckets(lengths, max_padding_ratio=1.2)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for group in groups:
+        real = sum(lengths[i] for i in group)
+        assert max(lengths[i] for i in group) * len(group) <= 1.2 * real
+    assert [sorted(lengths[i] for i in g) for g in groups] == [[28, 29, 30], [78], [178], [478, 480]]
+    assert length_buckets([5, 5, 5], 1.0) == [[0, 1, 2]]
