@@ -17,7 +17,7 @@ from typing import AsyncIterator
 import grpc
 
 from gateway.clients import StageClients
-from services.common.chunking import ChunkPolicy, TokenChunker, whole_utterance
+from services.common.chunking import ChunkPolicy, TokenFeed
 from services.common.errors import UpstreamError, upstream_error
 from services.common.pb import flow_pb2, llm_pb2, vocoder_pb2
 from services.common.pumps import AudioPiece, FirstChunkTimings, SynthesisJob, run_pumps
@@ -86,23 +86,13 @@ class StagePipeline:
     async def _pump_tokens(
         self, call: grpc.aio.UnaryStreamCall, out: asyncio.Queue, shared: _Shared, stream: bool
     ) -> None:
-        chunker = TokenChunker(self.policy, num_prompt_tokens=0)
-        tokens: list[int] = []
-        sent = 0
+        feed = TokenFeed(self.policy, num_prompt_tokens=0, stream=stream)
         try:
             async for response in call:
-                tokens.extend(response.tokens)
-                if not stream:
-                    chunks = [whole_utterance(len(tokens))] if response.finish_reason else []
-                elif response.finish_reason:
-                    chunks = chunker.finish(len(tokens))
-                else:
-                    chunks = chunker.ready(len(tokens))
-                for chunk in chunks:
+                for tokens, chunk in feed.push(response.tokens, bool(response.finish_reason)):
                     if chunk.index == 0:
                         shared.timings.llm_seconds = response.elapsed_seconds
-                    message = flow_pb2.TokenChunk(tokens=tokens[sent : chunk.end], finalize=chunk.is_final)
-                    sent = chunk.end
+                    message = flow_pb2.TokenChunk(tokens=tokens, finalize=chunk.is_final)
                     await out.put(flow_pb2.DecodeRequest(chunk=message))
                 if response.finish_reason:
                     return

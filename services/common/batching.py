@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
+
+from services.common.compute_thread import compute_executor
 
 I = TypeVar("I")
 O = TypeVar("O")
@@ -34,6 +35,7 @@ class Batcher(Generic[I, O]):
         max_wait_seconds: float = 0.0,
         name: str = "batcher",
         on_batch: Callable[[int, float], None] | None = None,
+        nice_increment: int = 0,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -42,7 +44,7 @@ class Batcher(Generic[I, O]):
         self.max_wait_seconds = max_wait_seconds
         self.on_batch = on_batch  # (batch size, compute seconds), for metrics
         self._queue: asyncio.Queue[_Pending[I]] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._executor = compute_executor(name, nice_increment)
         self._worker: asyncio.Task | None = None
 
     def start(self) -> None:

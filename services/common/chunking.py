@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -101,3 +102,28 @@ def whole_utterance(num_tokens: int) -> Chunk:
     """The one chunk of a non-streaming request: every token, full attention (upstream
     `tts(stream=False)`), which sounds better than the chunked path."""
     return Chunk(end=num_tokens, offset=0, emit_end=num_tokens, is_final=True, index=0)
+
+
+class TokenFeed:
+    """What a sender forwards to the flow: feed it each batch of new speech tokens, get back
+    (tokens not yet sent, chunk) pairs. Streaming requests follow the chunk schedule; a
+    non-streaming one sends everything as one final chunk once generation has finished."""
+
+    def __init__(self, policy: ChunkPolicy, num_prompt_tokens: int = 0, stream: bool = True) -> None:
+        self.stream = stream
+        self.chunker = TokenChunker(policy, num_prompt_tokens)
+        self.tokens: list[int] = []
+        self._sent = 0
+
+    def push(self, new_tokens: Sequence[int], finished: bool) -> list[tuple[list[int], Chunk]]:
+        self.tokens.extend(new_tokens)
+        count = len(self.tokens)
+        if not self.stream:
+            chunks = [whole_utterance(count)] if finished else []
+        else:
+            chunks = self.chunker.finish(count) if finished else self.chunker.ready(count)
+        sends = []
+        for chunk in chunks:
+            sends.append((self.tokens[self._sent : chunk.end], chunk))
+            self._sent = chunk.end
+        return sends

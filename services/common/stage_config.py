@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 from services.common.config import ServerConfig, check, setting
@@ -16,6 +17,10 @@ class StageConfig(ServerConfig):
     device: str = setting("cpu", "torch device: cpu, cuda or cuda:N")
     dtype: str = setting("float32", "float32, float16 or bfloat16")
     num_threads: int = setting(0, "torch CPU threads; 0 keeps torch's default")
+    compute_nice: int = setting(5, "nice increment of the compute thread, so relaying chunks preempts compute")
+    gil_switch_interval_ms: float = setting(
+        1.0, "Python's GIL switch interval: how long the compute thread may keep the event loop waiting"
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -23,6 +28,8 @@ class StageConfig(ServerConfig):
         check(self.device == "cpu" or self.device.startswith("cuda"), self, "device", "must be cpu, cuda or cuda:N")
         check(self.dtype in DTYPES, self, "dtype", f"must be one of {', '.join(DTYPES)}")
         check(self.num_threads >= 0, self, "num_threads", "must be >= 0")
+        check(0 <= self.compute_nice <= 19, self, "compute_nice", "must be in 0..19")
+        check(0 < self.gil_switch_interval_ms <= 100, self, "gil_switch_interval_ms", "must be in (0, 100]")
 
     def torch_dtype(self):  # noqa: ANN201 - torch imported lazily: servicers stay torch-free
         import torch
@@ -30,6 +37,11 @@ class StageConfig(ServerConfig):
         return getattr(torch, self.dtype)
 
     def apply_threads(self) -> None:
+        """Thread settings of a stage process: one event loop thread and one compute thread.
+
+        The event loop relays every chunk; with CPython's default 5 ms switch interval a busy
+        compute thread can make each relay wait that long for the GIL, hop after hop."""
+        sys.setswitchinterval(self.gil_switch_interval_ms / 1000)
         if self.num_threads:
             import torch
 

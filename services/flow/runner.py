@@ -37,6 +37,7 @@ class FlowRunner:
         max_batch_size: int = 8,
         max_wait_seconds: float = 0.0,
         max_padding_ratio: float = 1.2,
+        nice_increment: int = 0,
     ) -> None:
         self.flow = flow
         self.max_padding_ratio = max_padding_ratio
@@ -50,7 +51,8 @@ class FlowRunner:
         self.device, self.dtype = parameter.device, parameter.dtype
         self.num_sessions = 0
         self._batcher: Batcher[ChunkJob, np.ndarray] = Batcher(
-            self._run_batch, max_batch_size, max_wait_seconds, name="flow", on_batch=self._observe_batch
+            self._run_batch, max_batch_size, max_wait_seconds, name="flow", on_batch=self._observe_batch,
+            nice_increment=nice_increment,
         )
 
     def start(self) -> None:

@@ -32,7 +32,8 @@ def _load_runner(config: FlowServiceConfig, metrics: FlowMetrics):  # noqa: ANN2
     flow = load_flow(model_dir, config.device, config.torch_dtype())
     speakers = SpeakerTable.load(model_dir.spk2info_path)
     return FlowRunner(
-        flow, speakers, metrics, config.max_batch_size, config.max_batch_wait_ms / 1000, config.max_batch_padding
+        flow, speakers, metrics, config.max_batch_size, config.max_batch_wait_ms / 1000, config.max_batch_padding,
+        nice_increment=config.compute_nice,
     )
 
 

@@ -16,7 +16,10 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class TokenEvent:
-    token: int | None  # None when the step only ended the request
+    """Every token sampled since the previous event: one per decode step while the caller
+    keeps up, several when it fell behind (so a slow reader costs fewer, larger messages)."""
+
+    tokens: tuple[int, ...]
     finished: bool
     finish_reason: str | None  # 'stop' | 'length' | 'abort' once finished
     num_text_tokens: int  # target text tokens (the length rules' N)

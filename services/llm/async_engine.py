@@ -13,9 +13,9 @@ import dataclasses
 import logging
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable, TypeVar
 
+from services.common.compute_thread import compute_executor
 from services.common.errors import InvalidRequest, Overloaded
 from services.common.modeldir.tokenizer import CosyVoiceTokenizer
 from services.llm.api import GenerationRequest, TokenEvent
@@ -30,13 +30,18 @@ T = TypeVar("T")
 
 class AsyncLLMEngine:
     def __init__(
-        self, engine: LLMEngine, tokenizer: CosyVoiceTokenizer, metrics: LLMMetrics, max_waiting_requests: int
+        self,
+        engine: LLMEngine,
+        tokenizer: CosyVoiceTokenizer,
+        metrics: LLMMetrics,
+        max_waiting_requests: int,
+        nice_increment: int = 0,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.metrics = metrics
         self.max_waiting_requests = max_waiting_requests
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-engine")
+        self._executor = compute_executor("llm-engine", nice_increment)
         self._queues: dict[str, asyncio.Queue[StepOutput]] = {}
         self._work = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
@@ -99,12 +104,16 @@ class AsyncLLMEngine:
             self._work.set()
             arrived, first = time.perf_counter(), True
             while not finished:
-                output = await queue.get()
-                if first and output.token is not None:
+                outputs = [await queue.get()]
+                while not queue.empty() and not outputs[-1].finished:
+                    outputs.append(queue.get_nowait())
+                tokens = tuple(o.token for o in outputs if o.token is not None)
+                if first and tokens:
                     self.metrics.time_to_first_token.observe(time.perf_counter() - arrived)
                     first = False
-                finished = output.finished
-                yield TokenEvent(output.token, output.finished, output.finish_reason, prompt.num_target_text_tokens)
+                last = outputs[-1]
+                finished = last.finished
+                yield TokenEvent(tokens, finished, last.finish_reason, prompt.num_target_text_tokens)
         finally:
             self._queues.pop(request_id, None)
             if not finished:  # cancelled or abandoned: free the KV slot now

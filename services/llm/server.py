@@ -54,7 +54,9 @@ def create_app(config: LLMServiceConfig, registry: CollectorRegistry | None = No
 
     async def load() -> None:
         engine, tokenizer = await asyncio.to_thread(_load_engine, config)
-        async_engine = AsyncLLMEngine(engine, tokenizer, metrics, config.max_waiting_requests)
+        async_engine = AsyncLLMEngine(
+            engine, tokenizer, metrics, config.max_waiting_requests, nice_increment=config.compute_nice
+        )
         async_engine.start()
         servicer.engine = async_engine
 

@@ -43,8 +43,7 @@ class SpeechTokenGeneratorServicer(llm_pb2_grpc.SpeechTokenGeneratorServicer):
         first = True
         async for event in self.engine.generate(source):
             response = llm_pb2.GenerateResponse(elapsed_seconds=time.perf_counter() - received)
-            if event.token is not None:
-                response.tokens.append(event.token)
+            response.tokens.extend(event.tokens)
             if first:
                 response.num_text_tokens = event.num_text_tokens
                 first = False

@@ -19,7 +19,7 @@ import asyncio
 import time
 from typing import AsyncIterator
 
-from services.common.chunking import ChunkPolicy, TokenChunker, whole_utterance
+from services.common.chunking import ChunkPolicy, TokenFeed
 from services.common.metrics import make_registry
 from services.common.pumps import AudioPiece, FirstChunkTimings, SynthesisJob, run_pumps
 from services.flow.config import FlowServiceConfig
@@ -73,7 +73,10 @@ class MonolithPipeline:
         engine, tokenizer = await asyncio.to_thread(load_llm_engine, llm_config)
         flow = await asyncio.to_thread(load_flow_runner, flow_config, FlowMetrics(registry))
         vocoder = await asyncio.to_thread(load_vocoder_runner, vocoder_config, VocoderMetrics(registry))
-        llm = AsyncLLMEngine(engine, tokenizer, LLMMetrics(registry), llm_config.max_waiting_requests)
+        llm = AsyncLLMEngine(
+            engine, tokenizer, LLMMetrics(registry), llm_config.max_waiting_requests,
+            nice_increment=llm_config.compute_nice,
+        )
         llm.start()
         flow.start()
         vocoder.start()
@@ -109,23 +112,12 @@ class MonolithPipeline:
     async def _pump_tokens(
         self, job: SynthesisJob, received: float, out: asyncio.Queue, timings: FirstChunkTimings
     ) -> None:
-        chunker = TokenChunker(self.policy, num_prompt_tokens=0)
-        tokens: list[int] = []
-        sent = 0
+        feed = TokenFeed(self.policy, num_prompt_tokens=0, stream=job.stream)
         async for event in self.llm.generate(GenerationRequest(job.text, sampling={"seed": job.seed})):
-            if event.token is not None:
-                tokens.append(event.token)
-            if not job.stream:
-                chunks = [whole_utterance(len(tokens))] if event.finished else []
-            elif event.finished:
-                chunks = chunker.finish(len(tokens))
-            else:
-                chunks = chunker.ready(len(tokens))
-            for chunk in chunks:
+            for tokens, chunk in feed.push(event.tokens, event.finished):
                 if chunk.index == 0:  # what the LLM servicer reports as elapsed_seconds
                     timings.llm_seconds = time.perf_counter() - received
-                await out.put((tokens[sent : chunk.end], chunk.is_final))
-                sent = chunk.end
+                await out.put((tokens, chunk.is_final))
             if event.finished:
                 return
         raise RuntimeError("the LLM's token stream ended before its final event")

@@ -31,7 +31,12 @@ class _Job:
 
 class VocoderRunner:
     def __init__(
-        self, hift: HiFTGenerator, metrics: VocoderMetrics, max_batch_size: int = 8, max_wait_seconds: float = 0.0
+        self,
+        hift: HiFTGenerator,
+        metrics: VocoderMetrics,
+        max_batch_size: int = 8,
+        max_wait_seconds: float = 0.0,
+        nice_increment: int = 0,
     ) -> None:
         self.hift = hift
         self.metrics = metrics
@@ -40,7 +45,8 @@ class VocoderRunner:
         self.device = hift.conv_pre.weight.device
         self.num_streams = 0
         self._batcher: Batcher[_Job, np.ndarray] = Batcher(
-            self._run_batch, max_batch_size, max_wait_seconds, name="vocoder", on_batch=self._observe_batch
+            self._run_batch, max_batch_size, max_wait_seconds, name="vocoder", on_batch=self._observe_batch,
+            nice_increment=nice_increment,
         )
 
     def start(self) -> None:

@@ -29,7 +29,9 @@ def _load_runner(config: VocoderServiceConfig, metrics: VocoderMetrics):  # noqa
 
     config.apply_threads()
     hift = load_hift(ModelDir.open(config.model_dir), config.device, config.torch_dtype())
-    return VocoderRunner(hift, metrics, config.max_batch_size, config.max_batch_wait_ms / 1000)
+    return VocoderRunner(
+        hift, metrics, config.max_batch_size, config.max_batch_wait_ms / 1000, nice_increment=config.compute_nice
+    )
 
 
 async def _warm_up(runner) -> None:  # noqa: ANN001
