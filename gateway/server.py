@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             host,
             load=functools.partial(wait_for_stages, config),
             on_stop=clients.close,
-            ready_line=lambda h: f"gateway listening on {h.address}",
+            name="gateway",
         )
 
     asyncio.run(run())

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +21,7 @@ from typing import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-_LISTENING = re.compile(r"listening on (\S+:\d+)")
+_LISTENING = re.compile(r"listening on (\S+:\d+)(?: metrics (\S+:\d+))?")
 STAGES = ("llm", "flow", "vocoder")
 DEFAULT_TINY_DIR = Path(os.environ.get("COSYVOICE_CACHE", Path.home() / ".cache" / "cosyvoice")) / "tiny-model"
 
@@ -32,27 +31,38 @@ class Child:
     name: str
     process: subprocess.Popen
     address: str = ""
+    metrics_address: str = ""
+
+    def describe(self) -> str:
+        metrics = f" (metrics {self.metrics_address})" if self.metrics_address else ""
+        return f"{self.name} {self.address}{metrics}"
 
 
 def _start(name: str, args: list[str], env: dict[str, str], timeout: float) -> Child:
     command = [sys.executable, "-m", "services.cli.main", "serve", name, *args]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    # Own session: a terminal's Ctrl-C reaches `up` alone, which then stops the gateway first
+    # (it drains) and the stages after it, instead of all four stopping at once.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
     child = Child(name, process)
-    deadline = time.monotonic() + timeout
-    assert process.stdout is not None
-    for line in process.stdout:  # blocks until the child prints its address or exits
-        match = _LISTENING.search(line)
-        if match:
-            child.address = match.group(1)
-            break
-        sys.stdout.write(line)
-        if time.monotonic() > deadline:
-            break
-    if not child.address:
+    bound = threading.Event()
+
+    def relay() -> None:
+        # Reads the child's stdout for its whole life, so the child never blocks on a full pipe.
+        assert process.stdout is not None
+        for line in process.stdout:
+            match = _LISTENING.search(line) if not bound.is_set() else None
+            if match:
+                child.address, child.metrics_address = match.group(1), match.group(2) or ""
+                bound.set()
+            else:
+                sys.stdout.write(line)
+        bound.set()  # exited: wake the waiter
+
+    threading.Thread(target=relay, daemon=True, name=f"{name}-stdout").start()
+    if not bound.wait(timeout) or not child.address:
         process.kill()
-        raise SystemExit(f"cosyvoice up: the {name} process exited before listening (code {process.wait()})")
-    # Keep draining its stdout so the child never blocks on a full pipe.
-    threading.Thread(target=lambda: [sys.stdout.write(line) for line in process.stdout], daemon=True).start()
+        code = process.wait()
+        raise SystemExit(f"cosyvoice up: the {name} process did not start listening (exit code {code})")
     return child
 
 
@@ -138,10 +148,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051, help="gateway port (0: any free port)")
     parser.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for each stage")
+    parser.add_argument("--num-threads", type=int, default=None,
+                        help="torch CPU threads per stage (default: 1 on cpu, so four processes do not "
+                             "oversubscribe the cores; torch's default on cuda)")
     args = parser.parse_args(argv)
+    num_threads = args.num_threads if args.num_threads is not None else (1 if args.device == "cpu" else 0)
     model_dir = ensure_model_dir(args.model_dir)
     children: list[Child] = []
-    exited: list[Child] = []
+    died: list[Child] = []  # children that exited before anyone asked them to
     stopping = threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:
@@ -150,12 +164,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     try:
-        children = start_stack(model_dir, args.device, args.host, args.port, args.start_timeout)
+        children = start_stack(
+            model_dir, args.device, args.host, args.port, args.start_timeout,
+            stage_args=["--num-threads", str(num_threads), "--metrics-port", "0"],
+            gateway_args=["--metrics-port", "0"],
+        )
         for child in children:
-            print(f"{child.name} {child.address}", flush=True)
+            print(child.describe(), flush=True)
+
         def watch(child: Child) -> None:
             child.process.wait()
-            exited.append(child)
+            if not stopping.is_set():
+                died.append(child)
             stopping.set()
 
         for child in children:
@@ -163,9 +183,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if wait_serving(children[0].address, args.start_timeout):
             print(f"ready: cosyvoice synth \"Hello\" -o out.wav --address {children[0].address}", flush=True)
         stopping.wait()  # a signal or a child's exit
-        if exited:
-            print(f"cosyvoice up: {exited[0].name} exited with code {exited[0].process.returncode}", file=sys.stderr)
+        if died:
+            print(f"cosyvoice up: {died[0].name} exited with code {died[0].process.returncode}", file=sys.stderr)
     finally:
+        stopping.set()
         stop_all(children, grace=15.0)
-    if exited:
+    if died:
         raise SystemExit(1)

@@ -78,6 +78,11 @@ class ServiceHost:
     def address(self) -> str:
         return f"{self.config.host}:{self.port}"
 
+    def ready_line(self, name: str) -> str:
+        """What a process prints on stdout once bound; `cosyvoice up` parses it."""
+        metrics = f" metrics {self.config.host}:{self.metrics_port}" if self.metrics_port else ""
+        return f"{name} listening on {self.address}{metrics}"
+
     async def start(self) -> None:
         for binding in self.bindings:
             binding.add_to_server(binding.servicer, self.server)
@@ -127,7 +132,7 @@ async def run_until_signal(
     host: ServiceHost,
     load: Callable[[], Any] | None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
-    ready_line: Callable[[ServiceHost], str] | None = None,
+    name: str = "",
 ) -> None:
     """Start, warm up, serve until SIGTERM/SIGINT, then drain and stop."""
     stop_requested = asyncio.Event()
@@ -135,8 +140,8 @@ async def run_until_signal(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
     await host.start()
-    if ready_line is not None:
-        print(ready_line(host), flush=True)
+    if name:
+        print(host.ready_line(name), flush=True)
     warm = asyncio.create_task(host.warm_up(load))
     stop_wait = asyncio.create_task(stop_requested.wait())
     done, _ = await asyncio.wait({warm, stop_wait}, return_when=asyncio.FIRST_COMPLETED)

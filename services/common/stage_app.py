@@ -27,6 +27,4 @@ class StageApp:
 
     async def run(self) -> None:
         """The process entry point: serve until SIGTERM/SIGINT, then drain."""
-        await run_until_signal(
-            self.host, self.load, on_stop=self.close, ready_line=lambda h: f"{self.name} listening on {h.address}"
-        )
+        await run_until_signal(self.host, self.load, on_stop=self.close, name=self.name)

@@ -94,6 +94,7 @@ class AsyncLLMEngine:
         request_id = uuid.uuid4().hex
         queue: asyncio.Queue[StepOutput] = asyncio.Queue()
         self._queues[request_id] = queue
+        self.metrics.streams.set(len(self._queues))
         finished = False
         try:
             try:
@@ -116,6 +117,7 @@ class AsyncLLMEngine:
                 yield TokenEvent(tokens, finished, last.finish_reason, prompt.num_target_text_tokens)
         finally:
             self._queues.pop(request_id, None)
+            self.metrics.streams.set(len(self._queues))
             if not finished:  # cancelled or abandoned: free the KV slot now
                 await asyncio.shield(self._call(self.engine.abort_request, request_id))
 

@@ -9,6 +9,9 @@ from services.common.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS_SECONDS
 
 class LLMMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.streams = Gauge(
+            "cosyvoice_llm_streams_active", "Open Generate streams (requests with engine state).", registry=registry
+        )
         self.requests_running = Gauge(
             "cosyvoice_llm_requests_running", "Sequences holding a KV-cache slot.", registry=registry
         )
