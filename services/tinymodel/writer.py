@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import struct
 import time
 from pathlib import Path
@@ -31,6 +30,25 @@ from services.tinymodel.qwen_config import tiny_qwen_config
 from services.tinymodel.tokenizer_files import write_tokenizer_dir
 
 TINY_YAML = Path(__file__).with_name("cosyvoice2_tiny.yaml")
+# CosyVoice2-0.5B's dimensions (its cosyvoice2.yaml and CosyVoice-BlankEN/config.json), for
+# benchmarks at production shapes: (yaml line as in the tiny file, line at full size).
+FULL_SIZE_YAML = (
+    ("llm_input_size: 64", "llm_input_size: 896"),
+    ("llm_output_size: 64", "llm_output_size: 896"),
+    ("linear_units: 256", "linear_units: 2048"),
+    ("num_blocks: 1", "num_blocks: 6"),
+    ("channels: [64]", "channels: [256]"),
+    ("attention_head_dim: 32", "attention_head_dim: 64"),
+    ("n_blocks: 1", "n_blocks: 4"),
+    ("num_mid_blocks: 2", "num_mid_blocks: 12"),
+    ("num_heads: 2", "num_heads: 8"),
+    ("base_channels: 64", "base_channels: 512"),
+    ("cond_channels: 64", "cond_channels: 512"),
+)
+FULL_SIZE_QWEN = {
+    "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "max_window_layers": 24,
+    "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
+}
 DEFAULT_SPEAKER = "default"
 _SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
@@ -57,7 +75,18 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
             file.write(blob)
 
 
-def _write_qwen_dir(root: Path) -> None:
+def _write_yaml(root: Path, full_size: bool) -> None:
+    text = TINY_YAML.read_text(encoding="utf-8")
+    if full_size:
+        for tiny, full in FULL_SIZE_YAML:
+            if tiny not in text:
+                raise RuntimeError(f"tiny yaml template lost its line {tiny!r}")
+            text = text.replace(tiny, full)
+        text = text.replace("with small dimensions", "with CosyVoice2-0.5B's dimensions")
+    (root / "cosyvoice2.yaml").write_text(text, encoding="utf-8")
+
+
+def _write_qwen_dir(root: Path, full_size: bool) -> None:
     qwen_dir = root / QWEN_DIR
     write_tokenizer_dir(qwen_dir)
     tokenizer = CosyVoiceTokenizer.from_dir(qwen_dir)
@@ -65,6 +94,8 @@ def _write_qwen_dir(root: Path) -> None:
     vocab_size = (len(tokenizer) + 63) // 64 * 64
     eos = tokenizer.token_id(EOS_TOKEN)
     config = tiny_qwen_config(vocab_size) | {"bos_token_id": eos, "eos_token_id": eos}
+    if full_size:
+        config |= FULL_SIZE_QWEN
     (qwen_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     generation = {"bos_token_id": eos, "eos_token_id": eos, "max_new_tokens": 2048, "do_sample": False}
     (qwen_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
@@ -77,8 +108,10 @@ def _make_voiced(hift: torch.nn.Module) -> None:
     hift.f0_predictor.classifier.bias.fill_(150.0)
 
 
-def write_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
-    """Write the directory and return its path; the global RNG state is left untouched."""
+def write_tiny_model(out_dir: str | Path, seed: int = 0, full_size: bool = False) -> Path:
+    """Write the directory and return its path; the global RNG state is left untouched.
+
+    `full_size` writes CosyVoice2-0.5B's dimensions instead (about 2.6 GB, for benchmarks)."""
     from services.flow.model.loader import build_flow
     from services.flow.model.loader import official_state_dict as flow_state_dict
     from services.llm.model.loader import build_llm
@@ -88,8 +121,8 @@ def write_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
 
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(TINY_YAML, root / "cosyvoice2.yaml")
-    _write_qwen_dir(root)
+    _write_yaml(root, full_size)
+    _write_qwen_dir(root, full_size)
     model_dir = ModelDir.open(root)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -114,8 +147,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cosyvoice make-tiny-model", description=__doc__)
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--full-size", action="store_true",
+                        help="CosyVoice2-0.5B's dimensions (about 2.6 GB; for benchmarks, still random)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    root = write_tiny_model(args.out_dir, args.seed)
+    root = write_tiny_model(args.out_dir, args.seed, args.full_size)
     print(f"wrote a random-weight CosyVoice2 model to {root} in {time.perf_counter() - started:.1f} s "
           "(random weights: it makes noise, not speech)")
