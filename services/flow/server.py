@@ -21,7 +21,7 @@ SERVICE_NAME = flow_pb2.DESCRIPTOR.services_by_name["FlowDecoder"].full_name
 WARMUP_TOKENS = 60
 
 
-def _load_runner(config: FlowServiceConfig, metrics: FlowMetrics):  # noqa: ANN202 - torch stays lazy
+def load_runner(config: FlowServiceConfig, metrics: FlowMetrics):  # noqa: ANN202 - torch stays lazy
     from services.common.modeldir.layout import ModelDir
     from services.flow.model.loader import load_flow
     from services.flow.runner import FlowRunner
@@ -37,7 +37,7 @@ def _load_runner(config: FlowServiceConfig, metrics: FlowMetrics):  # noqa: ANN2
     )
 
 
-async def _warm_up(runner) -> None:  # noqa: ANN001
+async def warm_up(runner) -> None:  # noqa: ANN001
     import torch
 
     from services.flow.chunk_decoder import FlowSession
@@ -56,9 +56,9 @@ def create_app(config: FlowServiceConfig, registry: CollectorRegistry | None = N
     )
 
     async def load() -> None:
-        runner = await asyncio.to_thread(_load_runner, config, metrics)
+        runner = await asyncio.to_thread(load_runner, config, metrics)
         runner.start()
-        await _warm_up(runner)  # chunked and full attention, through the batcher
+        await warm_up(runner)  # chunked and full attention, through the batcher
         servicer.runner = runner
 
     async def close() -> None:

@@ -24,7 +24,7 @@ SERVICE_NAME = llm_pb2.DESCRIPTOR.services_by_name["SpeechTokenGenerator"].full_
 WARMUP_TEXT = "warm up"
 
 
-def _load_engine(config: LLMServiceConfig):  # noqa: ANN202 - torch types stay out of this module's API
+def load_engine(config: LLMServiceConfig):  # noqa: ANN202 - torch types stay out of this module's API
     from services.llm.engine.config import EngineConfig
     from services.llm.engine.llm_engine import LLMEngine
     from services.llm.model.sampling import SamplingParams
@@ -53,7 +53,7 @@ def create_app(config: LLMServiceConfig, registry: CollectorRegistry | None = No
     )
 
     async def load() -> None:
-        engine, tokenizer = await asyncio.to_thread(_load_engine, config)
+        engine, tokenizer = await asyncio.to_thread(load_engine, config)
         async_engine = AsyncLLMEngine(
             engine, tokenizer, metrics, config.max_waiting_requests, nice_increment=config.compute_nice
         )

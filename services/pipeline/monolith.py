@@ -63,11 +63,11 @@ class MonolithPipeline:
         """Load and warm up the three stages as their processes do, and start their loops.
         `queue_chunks` is the gateway's `stage_queue_chunks`."""
         # The stage processes' own loaders and warm-ups, so both sides run the same code.
-        from services.flow.server import _load_runner as load_flow_runner
-        from services.flow.server import _warm_up as warm_up_flow
-        from services.llm.server import _load_engine as load_llm_engine
-        from services.vocoder.server import _load_runner as load_vocoder_runner
-        from services.vocoder.server import _warm_up as warm_up_vocoder
+        from services.flow.server import load_runner as load_flow_runner
+        from services.flow.server import warm_up as warm_up_flow
+        from services.llm.server import load_engine as load_llm_engine
+        from services.vocoder.server import load_runner as load_vocoder_runner
+        from services.vocoder.server import warm_up as warm_up_vocoder
 
         registry = make_registry()
         engine, tokenizer = await asyncio.to_thread(load_llm_engine, llm_config)

@@ -22,7 +22,7 @@ SERVICE_NAME = vocoder_pb2.DESCRIPTOR.services_by_name["Vocoder"].full_name
 WARMUP_FRAMES = 50
 
 
-def _load_runner(config: VocoderServiceConfig, metrics: VocoderMetrics):  # noqa: ANN202 - torch stays lazy
+def load_runner(config: VocoderServiceConfig, metrics: VocoderMetrics):  # noqa: ANN202 - torch stays lazy
     from services.common.modeldir.layout import ModelDir
     from services.vocoder.model.loader import load_hift
     from services.vocoder.runner import VocoderRunner
@@ -34,7 +34,7 @@ def _load_runner(config: VocoderServiceConfig, metrics: VocoderMetrics):  # noqa
     )
 
 
-async def _warm_up(runner) -> None:  # noqa: ANN001
+async def warm_up(runner) -> None:  # noqa: ANN001
     stream = runner.open_stream(seed=0)
     mel = np.zeros((runner.mel_bins, WARMUP_FRAMES), np.float32)
     await runner.vocode(stream, mel, finalize=False)
@@ -51,9 +51,9 @@ def create_app(config: VocoderServiceConfig, registry: CollectorRegistry | None 
     )
 
     async def load() -> None:
-        runner = await asyncio.to_thread(_load_runner, config, metrics)
+        runner = await asyncio.to_thread(load_runner, config, metrics)
         runner.start()
-        await _warm_up(runner)
+        await warm_up(runner)
         servicer.runner = runner
 
     async def close() -> None:

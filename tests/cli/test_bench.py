@@ -9,18 +9,16 @@ import numpy as np
 import pytest
 
 from services.cli import bench
+from services.cli import bench_report
 from services.cli.bench import (
     BenchRequest,
     GatewayTarget,
     MonolithTarget,
     Received,
-    RequestRecord,
-    count_underruns,
-    percentile,
     run_bench,
     run_level,
-    summarize,
 )
+from services.cli.bench_report import RequestRecord, count_underruns, percentile, summarize
 from tests.stack import running_stack
 
 
@@ -111,11 +109,11 @@ def test_requests_without_stage_timings_have_no_overhead():
 def test_compare_and_targets():
     split = summarize("split", 1, [_record(0.0, [0.21], [3.0], stage=0.2)], wall_seconds=1.0)
     mono = summarize("monolith", 1, [_record(0.0, [0.2], [3.0], stage=0.2)], wall_seconds=0.8)
-    ratios = bench.compare(split, mono)
+    ratios = bench_report.compare(split, mono)
     assert ratios["throughput"] == pytest.approx(0.8)
     assert ratios["ttfa_p50"] == pytest.approx(1.05)
     assert ratios["overhead_delta_seconds"] == pytest.approx(0.01)
-    targets = bench.check_targets([{"concurrency": 1, "split": split, "monolith": mono, "split_over_monolith": ratios}])
+    targets = bench_report.check_targets([{"concurrency": 1, "split": split, "monolith": mono, "split_over_monolith": ratios}])
     assert [(t["target"].split()[1], t["met"]) for t in targets] == [("throughput", False), ("first-audio", True)]
 
 
@@ -213,9 +211,9 @@ async def test_split_and_monolith_on_the_same_requests(tiny_model_dir, monolith)
         # Same requests, same seeds, same model: both systems make the same amount of audio.
         assert level["split"].audio_seconds == pytest.approx(level["monolith"].audio_seconds)
         assert set(level["split_over_monolith"]) == {"throughput", "ttfa_p50", "ttfa_p99", "overhead_delta_seconds"}
-    table = bench.format_table(levels)
+    table = bench_report.format_table(levels)
     assert "split/mono" in table and "monolith" in table
-    json.dumps(bench._jsonable({"levels": levels}))
+    json.dumps(bench_report.jsonable({"levels": levels}))
 
 
 def test_cli_runs_the_monolith_alone_and_writes_json(tiny_model_dir, tmp_path, monkeypatch, capsys):
