@@ -46,3 +46,16 @@ class StageConfig(ServerConfig):
             import torch
 
             torch.set_num_threads(self.num_threads)
+
+
+@dataclasses.dataclass
+class BatchingStageConfig(StageConfig):
+    """A stage that batches the chunks of concurrent streams (flow, vocoder)."""
+
+    max_batch_size: int = setting(8, "chunks of concurrent streams computed in one call")
+    max_batch_wait_ms: float = setting(0.0, "how long a chunk may wait for others to batch with")
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.max_batch_size >= 1, self, "max_batch_size", "must be >= 1")
+        check(self.max_batch_wait_ms >= 0, self, "max_batch_wait_ms", "must be >= 0")

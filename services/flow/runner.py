@@ -51,7 +51,7 @@ class FlowRunner:
         self.device, self.dtype = parameter.device, parameter.dtype
         self.num_sessions = 0
         self._batcher: Batcher[ChunkJob, np.ndarray] = Batcher(
-            self._run_batch, max_batch_size, max_wait_seconds, name="flow", on_batch=self._observe_batch,
+            self._run_batch, max_batch_size, max_wait_seconds, name="flow", on_batch=metrics.observe_batch,
             nice_increment=nice_increment,
         )
 
@@ -61,22 +61,18 @@ class FlowRunner:
     async def close(self) -> None:
         await self._batcher.close()
 
-    def _observe_batch(self, size: int, seconds: float) -> None:
-        self.metrics.batch_size.observe(size)
-        self.metrics.batch_duration.observe(seconds)
-
     def open_session(self, speaker_id: str | None, prompt: VoicePrompt | None) -> FlowSession:
         if prompt is None:
             session = speaker_session(self.speakers.embedding(speaker_id))
         else:
             session = prompt_session(prompt, self.ratio, self.speech_token_size)
         self.num_sessions += 1
-        self.metrics.sessions.set(self.num_sessions)
+        self.metrics.streams.set(self.num_sessions)
         return session
 
     def close_session(self, session: FlowSession) -> None:
         self.num_sessions -= 1
-        self.metrics.sessions.set(self.num_sessions)
+        self.metrics.streams.set(self.num_sessions)
 
     async def decode(self, session: FlowSession, tokens: list[int], finalize: bool) -> MelChunkResult:
         if any(not 0 <= t < self.speech_token_size for t in tokens):

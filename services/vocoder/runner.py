@@ -45,7 +45,7 @@ class VocoderRunner:
         self.device = hift.conv_pre.weight.device
         self.num_streams = 0
         self._batcher: Batcher[_Job, np.ndarray] = Batcher(
-            self._run_batch, max_batch_size, max_wait_seconds, name="vocoder", on_batch=self._observe_batch,
+            self._run_batch, max_batch_size, max_wait_seconds, name="vocoder", on_batch=metrics.observe_batch,
             nice_increment=nice_increment,
         )
 
@@ -54,10 +54,6 @@ class VocoderRunner:
 
     async def close(self) -> None:
         await self._batcher.close()
-
-    def _observe_batch(self, size: int, seconds: float) -> None:
-        self.metrics.batch_size.observe(size)
-        self.metrics.batch_duration.observe(seconds)
 
     def open_stream(self, seed: int | None) -> VocoderStream:
         generator = torch.Generator(device=self.device)
