@@ -16,7 +16,7 @@ import uuid
 from typing import AsyncIterator, Callable, TypeVar
 
 from services.common.compute_thread import compute_executor
-from services.common.errors import InvalidRequest, Overloaded
+from services.common.errors import InvalidRequest, Overloaded, ServingError
 from services.common.modeldir.tokenizer import CosyVoiceTokenizer
 from services.llm.api import GenerationRequest, TokenEvent
 from services.llm.engine.llm_engine import LLMEngine, StepOutput
@@ -92,7 +92,7 @@ class AsyncLLMEngine:
         if self.engine.scheduler.num_waiting >= self.max_waiting_requests:
             raise Overloaded(f"{self.engine.scheduler.num_waiting} requests already wait for the LLM")
         request_id = uuid.uuid4().hex
-        queue: asyncio.Queue[StepOutput] = asyncio.Queue()
+        queue: asyncio.Queue[StepOutput | ServingError] = asyncio.Queue()
         self._queues[request_id] = queue
         self.metrics.streams.set(len(self._queues))
         finished = False
@@ -106,8 +106,11 @@ class AsyncLLMEngine:
             arrived, first = time.perf_counter(), True
             while not finished:
                 outputs = [await queue.get()]
-                while not queue.empty() and not outputs[-1].finished:
+                while not queue.empty() and not isinstance(outputs[-1], ServingError) and not outputs[-1].finished:
                     outputs.append(queue.get_nowait())
+                if isinstance(outputs[-1], ServingError):
+                    finished = True  # the engine already dropped the request
+                    raise outputs[-1]
                 tokens = tuple(o.token for o in outputs if o.token is not None)
                 if first and tokens:
                     self.metrics.time_to_first_token.observe(time.perf_counter() - arrived)
@@ -121,6 +124,12 @@ class AsyncLLMEngine:
             if not finished:  # cancelled or abandoned: free the KV slot now
                 await asyncio.shield(self._call(self.engine.abort_request, request_id))
 
+    async def _fail_all(self) -> None:
+        """Drop every request from the engine and end its stream with an internal error."""
+        for request_id, queue in list(self._queues.items()):
+            await self._call(self.engine.abort_request, request_id)
+            queue.put_nowait(ServingError("the LLM engine failed while generating this request"))
+
     def _step(self) -> tuple[list[StepOutput], bool, int, int]:
         outputs = self.engine.step()
         scheduler = self.engine.scheduler
@@ -133,7 +142,12 @@ class AsyncLLMEngine:
             busy = True
             while busy:
                 started = time.perf_counter()
-                outputs, busy, running, waiting = await self._call(self._step)
+                try:
+                    outputs, busy, running, waiting = await self._call(self._step)
+                except Exception:  # noqa: BLE001 - a failed step must not strand every stream
+                    logger.exception("LLM engine step failed; failing the requests it held")
+                    await self._fail_all()
+                    break
                 self.metrics.step_duration.observe(time.perf_counter() - started)
                 self.metrics.requests_running.set(running)
                 self.metrics.requests_waiting.set(waiting)

@@ -83,3 +83,27 @@ async def test_cancel_mid_stream_frees_the_sequence(llm):
     await eventually(lambda: engine.num_active_requests == 0, what="the LLM dropping the request")
     await eventually(lambda: not engine.engine.has_unfinished(), what="the KV slot being freed")
     assert engine.engine.runner.num_free_slots == engine.engine.config.max_num_seqs
+
+
+async def test_a_failing_engine_step_ends_streams_with_internal_and_the_engine_recovers(llm):
+    engine = llm.servicer.engine.engine
+    real_step, failures = engine.step, []
+
+    def broken_step():
+        if not failures:
+            failures.append(True)
+            raise RuntimeError("simulated device error")
+        return real_step()
+
+    engine.step = broken_step
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _collect(llm.host.address, _request())
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        assert "LLM engine failed" in info.value.details()
+        assert not engine.scheduler.has_unfinished()
+        assert engine.runner.num_free_slots == engine.config.max_num_seqs
+        responses = await _collect(llm.host.address, _request())  # the next request is served
+        assert responses[-1].finish_reason in (common_pb2.FINISH_REASON_STOP, common_pb2.FINISH_REASON_LENGTH)
+    finally:
+        engine.step = real_step
