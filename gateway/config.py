@@ -34,7 +34,8 @@ class GatewayConfig(ServerConfig):
         check(self.max_text_chars >= 1, self, "max_text_chars", "must be >= 1")
         check(self.max_concurrent_requests >= 1, self, "max_concurrent_requests", "must be >= 1")
         check(self.stage_queue_chunks >= 1, self, "stage_queue_chunks", "must be >= 1")
-        check(self.token_hop >= 1, self, "token_hop", "must be >= 1")
+        # The vocoder keeps 8 mel frames (4 tokens) of context between chunks.
+        check(self.token_hop >= 4, self, "token_hop", "must be >= 4 (the vocoder's 8-frame cache)")
         check(self.max_token_hop >= self.token_hop, self, "max_token_hop", "must be >= token_hop")
         check(self.hop_scale_factor >= 1, self, "hop_scale_factor", "must be >= 1")
         check(self.lookahead_tokens >= 0, self, "lookahead_tokens", "must be >= 0")

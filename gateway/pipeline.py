@@ -18,7 +18,7 @@ import grpc
 
 from gateway.clients import StageClients
 from services.common.chunking import ChunkPolicy, TokenFeed
-from services.common.errors import UpstreamError, upstream_error
+from services.common.errors import INTERNAL_STAGE_REQUEST_CODES, InvalidRequest, UpstreamError, upstream_error
 from services.common.pb import flow_pb2, llm_pb2, vocoder_pb2
 from services.common.pumps import AudioPiece, FirstChunkTimings, SynthesisJob, run_pumps
 from services.common.tensors import from_proto
@@ -111,14 +111,17 @@ class StagePipeline:
                 if response.is_final:
                     return
         except grpc.aio.AioRpcError as error:
-            raise upstream_error("flow", error) from None
+            raise upstream_error("flow", error, INTERNAL_STAGE_REQUEST_CODES) from None
         raise upstream_error_eos("flow")
 
     async def _pump_audio(self, call: grpc.aio.StreamStreamCall, out: asyncio.Queue, shared: _Shared) -> None:
         first = True
         try:
             async for response in call:
-                samples = from_proto(response.audio, "vocoder.audio")
+                try:
+                    samples = from_proto(response.audio, "vocoder.audio")
+                except InvalidRequest as exc:  # the vocoder sent something malformed: not the caller's fault
+                    raise UpstreamError("vocoder", grpc.StatusCode.INTERNAL, str(exc)) from None
                 timings = None
                 if first:
                     shared.timings.vocoder_seconds = response.compute_seconds
@@ -128,7 +131,7 @@ class StagePipeline:
                 if response.is_final:
                     return
         except grpc.aio.AioRpcError as error:
-            raise upstream_error("vocoder", error) from None
+            raise upstream_error("vocoder", error, INTERNAL_STAGE_REQUEST_CODES) from None
         raise upstream_error_eos("vocoder")
 
 

@@ -38,11 +38,24 @@ class Child:
         return f"{self.name} {self.address}{metrics}"
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when `up` dies, even by SIGKILL (Linux only), so
+    a crashed or killed `up` leaves no servers behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
 def _start(name: str, args: list[str], env: dict[str, str], timeout: float) -> Child:
     command = [sys.executable, "-m", "services.cli.main", "serve", name, *args]
     # Own session: a terminal's Ctrl-C reaches `up` alone, which then stops the gateway first
     # (it drains) and the stages after it, instead of all four stopping at once.
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True, preexec_fn=_die_with_parent
+    )
     child = Child(name, process)
     bound = threading.Event()
 
@@ -123,7 +136,8 @@ def start_stack(
 ) -> list[Child]:
     """The three stages, then the gateway pointed at them; returned gateway first. Extra
     flags go to every stage (`stage_args`) or to the gateway. On failure, whatever was
-    started is stopped again."""
+    started is stopped again. The children are tied to the calling thread's life (Linux
+    PDEATHSIG), so call this from a thread that lives as long as the stack should."""
     env = dict(os.environ) if env is None else env
     children: list[Child] = []
     try:
@@ -161,8 +175,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     def request_stop(signum: int, frame: object) -> None:
         stopping.set()
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, request_stop)
     try:
         children = start_stack(
             model_dir, args.device, args.host, args.port, args.start_timeout,
@@ -180,8 +194,16 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         for child in children:
             threading.Thread(target=watch, args=(child,), daemon=True).start()
-        if wait_serving(children[0].address, args.start_timeout):
-            print(f"ready: cosyvoice synth \"Hello\" -o out.wav --address {children[0].address}", flush=True)
+        def announce_ready() -> None:
+            if wait_serving(children[0].address, args.start_timeout):
+                print(f"ready: cosyvoice synth \"Hello\" -o out.wav --address {children[0].address}", flush=True)
+            elif not stopping.is_set():
+                print(f"cosyvoice up: the gateway did not report SERVING within {args.start_timeout:.0f} s",
+                      file=sys.stderr, flush=True)
+
+        # Readiness is awaited beside the stop event, so a signal or a crashed stage ends `up`
+        # at once instead of after the start timeout.
+        threading.Thread(target=announce_ready, daemon=True).start()
         stopping.wait()  # a signal or a child's exit
         if died:
             print(f"cosyvoice up: {died[0].name} exited with code {died[0].process.returncode}", file=sys.stderr)

@@ -44,6 +44,7 @@ class Batcher(Generic[I, O]):
         self.max_wait_seconds = max_wait_seconds
         self.on_batch = on_batch  # (batch size, compute seconds), for metrics
         self._queue: asyncio.Queue[_Pending[I]] = asyncio.Queue()
+        self._name = name
         self._executor = compute_executor(name, nice_increment)
         self._worker: asyncio.Task | None = None
 
@@ -54,7 +55,17 @@ class Batcher(Generic[I, O]):
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
+        queued = []
+        while not self._queue.empty():  # nobody will run these any more
+            queued.append(self._queue.get_nowait())
+        self._fail(queued, RuntimeError(f"{self._name} batcher closed"))
         self._executor.shutdown(wait=True)
+
+    @staticmethod
+    def _fail(batch: list[_Pending[I]], error: BaseException) -> None:
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(error)
 
     async def submit(self, item: I) -> O:
         future = asyncio.get_running_loop().create_future()
@@ -86,14 +97,17 @@ class Batcher(Generic[I, O]):
             started = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self.run_batch, [p.item for p in batch])
-            except Exception as exc:  # noqa: BLE001 - delivered to every submitter
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
+                if len(results) != len(batch):
+                    raise RuntimeError(f"{self._name}: {len(results)} results for a batch of {len(batch)}")
+                if self.on_batch is not None:
+                    self.on_batch(len(batch), time.perf_counter() - started)
+            except asyncio.CancelledError:  # closing: this batch's callers must not wait forever
+                self._fail(batch, RuntimeError(f"{self._name} batcher closed"))
+                raise
+            except Exception as exc:  # noqa: BLE001 - delivered to every submitter; the worker lives on
+                self._fail(batch, exc)
                 continue
-            if self.on_batch is not None:
-                self.on_batch(len(batch), time.perf_counter() - started)
-            for pending, result in zip(batch, results, strict=True):
+            for pending, result in zip(batch, results):
                 if not pending.future.done():
                     pending.future.set_result(result)
 

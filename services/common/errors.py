@@ -61,10 +61,28 @@ _REQUEST_CODES = frozenset(
 )
 
 
-def upstream_error(stage: str, error: grpc.aio.AioRpcError) -> UpstreamError:
+# Codes that say the stage itself is unhealthy; anything else unexpected is our own bug.
+_STAGE_DOWN_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED})
+
+
+def upstream_error(
+    stage: str, error: grpc.aio.AioRpcError, request_codes: frozenset[grpc.StatusCode] = _REQUEST_CODES
+) -> UpstreamError:
+    """How a failed stage call looks to our caller. `request_codes` pass through unchanged:
+    for a stage that sees the caller's own input (the LLM) that includes INVALID_ARGUMENT; for
+    one that only sees messages we built (flow, vocoder), a rejection is our bug: INTERNAL."""
     code = error.code()
-    mapped = code if code in _REQUEST_CODES else grpc.StatusCode.UNAVAILABLE
+    if code in request_codes:
+        mapped = code
+    elif code in _STAGE_DOWN_CODES:
+        mapped = grpc.StatusCode.UNAVAILABLE
+    else:
+        mapped = grpc.StatusCode.INTERNAL
     return UpstreamError(stage, mapped, f"{code.name}: {error.details() or 'no details'}")
+
+
+# For stages fed only by the gateway: a voice the model lacks is the caller's, the rest is ours.
+INTERNAL_STAGE_REQUEST_CODES = _REQUEST_CODES - {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
 
 
 def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -58,6 +58,7 @@ async def run_pumps(
 
     for task in tasks:
         task.add_done_callback(_on_done)
+    getter: asyncio.Future | None = None
     try:
         while True:
             getter = asyncio.ensure_future(audio_out.get())
@@ -70,6 +71,8 @@ async def run_pumps(
             if piece.is_final:
                 return
     finally:
+        if getter is not None and not getter.done():
+            getter.cancel()  # the caller was cancelled while waiting for audio
         if on_exit is not None:
             on_exit()
         for task in tasks:

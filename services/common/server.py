@@ -145,13 +145,20 @@ async def run_until_signal(
     warm = asyncio.create_task(host.warm_up(load))
     stop_wait = asyncio.create_task(stop_requested.wait())
     done, _ = await asyncio.wait({warm, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    failure: BaseException | None = None
     if warm in done:
-        warm.result()  # a failed load ends the process with its error
-        await stop_wait
+        failure = warm.exception()
+        if failure is None:
+            await stop_wait
+        else:
+            logger.error("loading failed: %s", failure)
     else:
         warm.cancel()
     logger.info("shutting down: draining in-flight streams for up to %.1f s", host.config.grace_seconds)
+    stop_wait.cancel()
     await host.stop()
     if on_stop is not None:
         await on_stop()
     logger.info("stopped")
+    if failure is not None:
+        raise SystemExit(f"{name or 'server'}: {failure}")  # a failed load ends the process, code 1

@@ -5,6 +5,8 @@ numpy only, so servicers and the gateway stay free of torch.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from services.common.errors import InvalidRequest
@@ -38,7 +40,7 @@ def from_proto(tensor: common_pb2.Tensor, field: str) -> np.ndarray:
     shape = tuple(int(d) for d in tensor.shape)
     if any(d < 0 for d in shape):
         raise InvalidRequest(f"{field}.shape: negative dimension in {list(shape)}")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)  # Python ints: a huge shape must not wrap around to a small count
     if count > MAX_TENSOR_ELEMENTS:
         raise InvalidRequest(f"{field}: {count} elements exceed the limit of {MAX_TENSOR_ELEMENTS}")
     if len(tensor.data) != count * dtype.itemsize:

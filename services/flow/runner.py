@@ -75,15 +75,15 @@ class FlowRunner:
         self.metrics.streams.set(self.num_sessions)
 
     async def decode(self, session: FlowSession, tokens: list[int], finalize: bool) -> MelChunkResult:
+        total_frames = (session.prompt_tokens.numel() + len(session.tokens) + len(tokens)) * self.ratio
+        if total_frames > self.max_frames:  # before touching the tokens: a huge chunk costs nothing
+            raise InvalidRequest(
+                f"chunk.tokens: prompt + {len(session.tokens) + len(tokens)} tokens make {total_frames} mel "
+                f"frames, over the flow's limit of {self.max_frames}"
+            )
         if any(not 0 <= t < self.speech_token_size for t in tokens):
             raise InvalidRequest(f"chunk.tokens: ids must be in [0, {self.speech_token_size})")
         session.tokens.extend(tokens)
-        total_frames = (session.prompt_tokens.numel() + len(session.tokens)) * self.ratio
-        if total_frames > self.max_frames:
-            raise InvalidRequest(
-                f"chunk.tokens: prompt + {len(session.tokens)} tokens make {total_frames} mel frames, "
-                f"over the flow's limit of {self.max_frames}"
-            )
         emit_end = len(session.tokens) if finalize else len(session.tokens) - self.lookahead
         started = time.perf_counter()
         if emit_end <= session.token_offset:  # nothing new completed (or an empty utterance)

@@ -20,8 +20,10 @@ class LLMServiceConfig(StageConfig):
     max_model_len: int = setting(4096, "prompt + generated positions per sequence")
     max_waiting_requests: int = setting(256, "queued requests before RESOURCE_EXHAUSTED")
     max_text_chars: int = setting(4000, "longest text, in characters")
+    max_prompt_speech_tokens: int = setting(1500, "longest voice prompt, in speech tokens (25 per second)")
 
     def validate(self) -> None:
         super().validate()
-        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "max_waiting_requests", "max_text_chars"):
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "max_waiting_requests",
+                     "max_text_chars", "max_prompt_speech_tokens"):
             check(getattr(self, name) >= 1, self, name, "must be >= 1")

@@ -20,9 +20,10 @@ _OVERRIDABLE = ("seed", "top_p", "top_k", "win_size", "tau_r", "min_token_text_r
 
 
 class SpeechTokenGeneratorServicer(llm_pb2_grpc.SpeechTokenGeneratorServicer):
-    def __init__(self, max_text_chars: int) -> None:
+    def __init__(self, max_text_chars: int, max_prompt_speech_tokens: int = 1500) -> None:
         self.engine: TokenGenerator | None = None  # set once weights are loaded
         self.max_text_chars = max_text_chars
+        self.max_prompt_speech_tokens = max_prompt_speech_tokens
 
     @map_errors
     async def Generate(
@@ -36,6 +37,11 @@ class SpeechTokenGeneratorServicer(llm_pb2_grpc.SpeechTokenGeneratorServicer):
         for name in ("text", "prompt_text"):
             if len(getattr(request, name)) > self.max_text_chars:
                 raise InvalidRequest(f"{name}: longer than {self.max_text_chars} characters")
+        if len(request.prompt_speech_tokens) > self.max_prompt_speech_tokens:  # checked before any copy
+            raise InvalidRequest(
+                f"prompt_speech_tokens: {len(request.prompt_speech_tokens)} tokens exceed the limit of "
+                f"{self.max_prompt_speech_tokens}"
+            )
         overrides = {name: getattr(request.sampling, name) for name in _OVERRIDABLE if request.sampling.HasField(name)}
         source = GenerationRequest(
             request.text, request.prompt_text, tuple(request.prompt_speech_tokens), overrides

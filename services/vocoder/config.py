@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from services.common.config import check, setting
 from services.common.stage_config import BatchingStageConfig
 
 
@@ -13,3 +14,9 @@ class VocoderServiceConfig(BatchingStageConfig):
 
     ENV_PREFIX = "COSYVOICE_VOCODER_"
     PROG = "cosyvoice serve vocoder"
+
+    max_chunk_frames: int = setting(15000, "largest mel chunk, in frames (50 per second; the flow's own limit)")
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.max_chunk_frames >= 8, self, "max_chunk_frames", "must be >= 8")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from services.common.batching import Batcher
-from services.common.errors import InvalidRequest
+from services.common.errors import InvalidRequest, ServingError
 from services.vocoder.api import AudioResult
 from services.vocoder.metrics import VocoderMetrics
 from services.vocoder.model.hift import HiFTGenerator
@@ -37,8 +37,10 @@ class VocoderRunner:
         max_batch_size: int = 8,
         max_wait_seconds: float = 0.0,
         nice_increment: int = 0,
+        max_chunk_frames: int = 15000,
     ) -> None:
         self.hift = hift
+        self.max_chunk_frames = max_chunk_frames
         self.metrics = metrics
         self.sample_rate = int(hift.sample_rate)
         self.mel_bins = int(hift.config.in_channels)
@@ -69,6 +71,8 @@ class VocoderRunner:
     async def vocode(self, stream: VocoderStream, mel: np.ndarray, finalize: bool) -> AudioResult:
         if mel.ndim != 2 or mel.shape[0] != self.mel_bins:
             raise InvalidRequest(f"chunk.mel: shape {list(mel.shape)}, expected [{self.mel_bins}, frames]")
+        if mel.shape[1] > self.max_chunk_frames:
+            raise InvalidRequest(f"chunk.mel: {mel.shape[1]} frames exceed the limit of {self.max_chunk_frames}")
         if not np.isfinite(mel).all():
             raise InvalidRequest("chunk.mel: values must be finite")
         started = time.perf_counter()
@@ -89,6 +93,6 @@ class VocoderRunner:
     def _run_batch(self, jobs: list[_Job]) -> list[np.ndarray]:
         try:
             outputs = vocode_batch([j.stream for j in jobs], [j.mel for j in jobs], [j.final for j in jobs])
-        except VocoderStreamError as exc:
-            raise InvalidRequest(f"chunk: {exc}") from None
+        except VocoderStreamError as exc:  # inputs were validated before: this is a bug of ours
+            raise ServingError(f"vocoder stream state: {exc}") from exc
         return [out.float().cpu().numpy() for out in outputs]

@@ -30,7 +30,8 @@ def load_runner(config: VocoderServiceConfig, metrics: VocoderMetrics):  # noqa:
     config.apply_threads()
     hift = load_hift(ModelDir.open(config.model_dir), config.device, config.torch_dtype())
     return VocoderRunner(
-        hift, metrics, config.max_batch_size, config.max_batch_wait_ms / 1000, nice_increment=config.compute_nice
+        hift, metrics, config.max_batch_size, config.max_batch_wait_ms / 1000, nice_increment=config.compute_nice,
+        max_chunk_frames=config.max_chunk_frames,
     )
 
 

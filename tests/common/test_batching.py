@@ -66,3 +66,19 @@ def test_length_buckets_keep_padding_bounded():
         assert max(lengths[i] for i in group) * len(group) <= 1.2 * real
     assert [sorted(lengths[i] for i in g) for g in groups] == [[28, 29, 30], [78], [178], [478, 480]]
     assert length_buckets([5, 5, 5], 1.0) == [[0, 1, 2]]
+
+
+async def test_close_fails_what_is_still_queued_instead_of_hanging():
+    gate = threading.Event()
+    batcher = Batcher(lambda items: (gate.wait(5), items)[1], max_batch_size=1)
+    batcher.start()
+    running = asyncio.create_task(batcher.submit("running"))
+    await asyncio.sleep(0.05)
+    queued = asyncio.create_task(batcher.submit("queued"))
+    await asyncio.sleep(0.05)
+    closing = asyncio.create_task(batcher.close())
+    gate.set()
+    await closing
+    for call in (running, queued):
+        with pytest.raises(RuntimeError, match="closed"):
+            await call

@@ -6,7 +6,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from services.common.config import ServerConfig
-from services.common.errors import InvalidRequest, NotFound, Overloaded, Unavailable, map_errors, upstream_error
+from services.common.errors import (
+    INTERNAL_STAGE_REQUEST_CODES,
+    InvalidRequest,
+    NotFound,
+    Overloaded,
+    Unavailable,
+    map_errors,
+    upstream_error,
+)
 from services.common.pb import llm_pb2, llm_pb2_grpc
 from services.common.server import ServiceBinding, ServiceHost
 
@@ -113,7 +121,14 @@ def test_upstream_errors_keep_request_codes_and_mask_the_rest():
         def __init__(self, code):
             super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="boom")
 
-    assert upstream_error("flow", _Err(grpc.StatusCode.INVALID_ARGUMENT)).code == grpc.StatusCode.INVALID_ARGUMENT
-    masked = upstream_error("flow", _Err(grpc.StatusCode.INTERNAL))
-    assert masked.code == grpc.StatusCode.UNAVAILABLE
-    assert str(masked) == "flow stage: INTERNAL: boom"
+    assert upstream_error("llm", _Err(grpc.StatusCode.INVALID_ARGUMENT)).code == grpc.StatusCode.INVALID_ARGUMENT
+    down = upstream_error("flow", _Err(grpc.StatusCode.UNAVAILABLE))
+    assert down.code == grpc.StatusCode.UNAVAILABLE
+    assert str(down) == "flow stage: UNAVAILABLE: boom"
+    assert upstream_error("flow", _Err(grpc.StatusCode.INTERNAL)).code == grpc.StatusCode.INTERNAL
+    # The flow and vocoder only see messages the gateway built: their rejections are our bug...
+    ours = upstream_error("vocoder", _Err(grpc.StatusCode.INVALID_ARGUMENT), INTERNAL_STAGE_REQUEST_CODES)
+    assert ours.code == grpc.StatusCode.INTERNAL
+    # ...but a speaker the model lacks is the caller's.
+    theirs = upstream_error("flow", _Err(grpc.StatusCode.NOT_FOUND), INTERNAL_STAGE_REQUEST_CODES)
+    assert theirs.code == grpc.StatusCode.NOT_FOUND

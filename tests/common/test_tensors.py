@@ -22,6 +22,8 @@ def test_bad_tensors_name_the_field():
         from_proto(common_pb2.Tensor(dtype=good.dtype, shape=[2, 3], data=good.data[:20]), "mel")
     with pytest.raises(InvalidRequest, match="mel.dtype"):
         from_proto(common_pb2.Tensor(dtype=0, shape=[1], data=b"\0\0\0\0"), "mel")
+    with pytest.raises(InvalidRequest, match="exceed the limit"):
+        from_proto(common_pb2.Tensor(dtype=good.dtype, shape=[2**32, 2**32], data=b""), "mel")
     with pytest.raises(InvalidRequest, match="negative"):
         from_proto(common_pb2.Tensor(dtype=good.dtype, shape=[-1], data=b""), "mel")
     with pytest.raises(InvalidRequest, match=r"mel: shape \[2, 3\] does not match \[80, \*\]"):

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from dataclasses import dataclass
 
@@ -64,9 +65,13 @@ def stack(tiny_model_dir):
     assert order == ["gateway", "llm", "flow", "vocoder"], "the gateway's address comes first"
     running = RunningStack(process, addresses, metrics)
     yield running
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    if process.poll() is None:  # the SIGTERM test did not run: stop it the same orderly way
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _synthesize(address: str, text: str, seed: int, stream: bool = True) -> list[tts_pb2.SynthesizeResponse]:
@@ -128,7 +133,7 @@ def test_cancel_mid_stream_frees_the_state_in_every_stage(stack):
         counts = {stage: _gauge(stack.metrics[stage], name) for stage, name in IN_FLIGHT.items()}
         if not any(counts.values()):
             break
-        concurrent.futures.wait([], timeout=0.02)
+        time.sleep(0.02)
     assert counts == {"llm": 0, "flow": 0, "vocoder": 0}
 
 
@@ -154,3 +159,34 @@ def test_sigterm_stops_every_process_cleanly(stack):
         host, port = address.rsplit(":", 1)
         with pytest.raises(OSError):
             socket.create_connection((host, int(port)), timeout=2).close()
+
+
+def test_the_servers_stop_when_up_itself_is_killed(tiny_model_dir):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "up", "--model-dir", str(tiny_model_dir), "--port", "0"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )
+    addresses = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        match = _LINE.match(line)
+        if match:
+            addresses.append(match.group(2))
+        if len(addresses) == 4:
+            break
+    process.kill()  # SIGKILL: `up` gets no chance to clean up
+    process.wait()
+
+    def refused(address: str) -> bool:
+        host, port = address.rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except OSError:
+            return True
+        return False
+
+    for _ in range(300):  # bounded wait for the condition (the children drain, then exit)
+        if all(refused(a) for a in addresses):
+            break
+        time.sleep(0.1)
+    assert all(refused(a) for a in addresses), "servers outlived `up`"

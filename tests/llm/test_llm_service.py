@@ -63,6 +63,8 @@ async def test_concurrent_requests_share_decode_steps_and_keep_their_tokens(llm)
         (_request(top_k=0), "top_k"),
         (llm_pb2.GenerateRequest(text=TEXT, prompt_text="hi", prompt_speech_tokens=[7000]), "prompt_speech_tokens"),
         (llm_pb2.GenerateRequest(text=TEXT, prompt_speech_tokens=[1, 2]), "zero_shot"),
+        (_request(max_token_text_ratio=float("inf")), "max_token_text_ratio"),
+        (llm_pb2.GenerateRequest(text=TEXT, prompt_text="hi", prompt_speech_tokens=[1] * 1501), "exceed the limit"),
     ],
 )
 async def test_bad_requests_get_invalid_argument_naming_the_field(llm, request_, field):

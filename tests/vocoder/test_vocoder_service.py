@@ -70,6 +70,7 @@ async def test_concurrent_streams_batch_and_keep_their_own_noise(vocoder):
         (np.zeros((79, 10), np.float32), "chunk.mel: shape"),
         (np.full((80, 10), np.nan, np.float32), "finite"),
         (np.zeros((80, 3), np.float32), "at least 8"),
+        (np.zeros((80, 15001), np.float32), "exceed the limit"),
     ],
 )
 async def test_bad_mel_is_invalid_argument(vocoder, mel, words):

@@ -9,6 +9,7 @@ shape, so the candidate tensor must be exactly the reference's).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Sequence
 
@@ -35,8 +36,8 @@ class SamplingParams:
     def __post_init__(self) -> None:
         def number(name: str) -> float:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-                raise SamplingParamsError(f"{name} must be a number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise SamplingParamsError(f"{name} must be a finite number, got {value!r}")
             return float(value)
 
         def integer(name: str) -> int:
