@@ -51,10 +51,12 @@ def _die_with_parent() -> None:
 
 def _start(name: str, args: list[str], env: dict[str, str], timeout: float) -> Child:
     command = [sys.executable, "-m", "services.cli.main", "serve", name, *args]
-    # Own session: a terminal's Ctrl-C reaches `up` alone, which then stops the gateway first
-    # (it drains) and the stages after it, instead of all four stopping at once.
+    # Own process group: a terminal's Ctrl-C reaches `up` alone, which then stops the gateway
+    # first (it drains) and the stages after it, instead of all four stopping at once. Not a new
+    # session: with the kernel's autogroup scheduling a session is its own CPU group, and the
+    # compute threads' higher nice value would no longer let other processes' relays go first.
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, text=True, env=env, start_new_session=True, preexec_fn=_die_with_parent
+        command, stdout=subprocess.PIPE, text=True, env=env, process_group=0, preexec_fn=_die_with_parent
     )
     child = Child(name, process)
     bound = threading.Event()
