@@ -6,7 +6,8 @@ from typing import AsyncIterator
 
 import grpc
 
-from services.common.errors import InvalidRequest, Unavailable, map_errors
+from services.common.bidi import open_stream
+from services.common.errors import Unavailable, map_errors
 from services.common.pb import flow_pb2, flow_pb2_grpc
 from services.common.tensors import from_proto, to_proto
 from services.flow.api import MelDecoder, VoicePrompt
@@ -33,19 +34,15 @@ class FlowDecoderServicer(flow_pb2_grpc.FlowDecoderServicer):
     ) -> AsyncIterator[flow_pb2.DecodeResponse]:
         if self.runner is None:
             raise Unavailable("the flow model is still loading")
-        messages = requests.__aiter__()
-        first = await anext(messages, None)
-        if first is None:
+        opened = await open_stream(requests, "Decode")
+        if opened is None:
             return
-        if first.WhichOneof("payload") != "start":
-            raise InvalidRequest("the first Decode message must set `start`")
-        session = self.runner.open_session(first.start.speaker_id or None, voice_prompt(first.start))
+        start, chunks = opened
+        session = self.runner.open_session(start.speaker_id or None, voice_prompt(start))
         try:
-            async for message in messages:
-                if message.WhichOneof("payload") != "chunk":
-                    raise InvalidRequest("only the first Decode message may set `start`; later ones set `chunk`")
-                finalize = message.chunk.finalize
-                result = await self.runner.decode(session, list(message.chunk.tokens), finalize)
+            async for chunk in chunks:
+                finalize = chunk.finalize
+                result = await self.runner.decode(session, list(chunk.tokens), finalize)
                 yield flow_pb2.DecodeResponse(
                     mel=to_proto(result.mel),
                     token_offset=result.token_offset,

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from services.common.chunking import Chunk, ChunkPolicy, TokenChunker, whole_utterance
+from services.common.chunking import Chunk, ChunkPolicy, TokenFeed
 from services.common.modeldir.layout import ModelDir
 from services.common.modeldir.tokenizer import CosyVoiceTokenizer
 from services.flow.api import VoicePrompt
@@ -100,18 +100,13 @@ class CosyVoicePipeline:
         tokens + mel + x-vector; then `speaker_id` is ignored)."""
         generator = torch.Generator(device=self.hift.conv_pre.weight.device).manual_seed(seed)
         state = _StreamState(self._flow_session(speaker_id, prompt), VocoderStream(self.hift, generator))
-        if not stream:
-            everything = list(tokens)
-            yield self._emit(state, everything, whole_utterance(len(everything)), speed)
-            return
-        chunker = TokenChunker(self.policy, num_prompt_tokens=state.session.prompt_tokens.numel())
-        received: list[int] = []
+        # The same cutting as the gateway's: the schedule when streaming, else one final chunk.
+        feed = TokenFeed(self.policy, num_prompt_tokens=state.session.prompt_tokens.numel(), stream=stream)
         for token in tokens:
-            received.append(token)
-            for chunk in chunker.ready(len(received)):
-                yield self._emit(state, received, chunk)
-        for chunk in chunker.finish(len(received)):
-            yield self._emit(state, received, chunk)
+            for _, chunk in feed.push((token,), finished=False):
+                yield self._emit(state, feed.tokens, chunk)
+        for _, chunk in feed.push((), finished=True):
+            yield self._emit(state, feed.tokens, chunk, speed if not stream else 1.0)
 
     def _flow_session(self, speaker_id: str | None, prompt: VoicePrompt | None) -> FlowSession:
         if prompt is None:

@@ -6,7 +6,8 @@ from typing import AsyncIterator
 
 import grpc
 
-from services.common.errors import InvalidRequest, Unavailable, map_errors
+from services.common.bidi import open_stream
+from services.common.errors import Unavailable, map_errors
 from services.common.pb import vocoder_pb2, vocoder_pb2_grpc
 from services.common.tensors import from_proto, to_proto
 from services.vocoder.api import Vocoder
@@ -22,20 +23,15 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
     ) -> AsyncIterator[vocoder_pb2.VocodeResponse]:
         if self.runner is None:
             raise Unavailable("the vocoder is still loading")
-        messages = requests.__aiter__()
-        first = await anext(messages, None)
-        if first is None:
+        opened = await open_stream(requests, "Vocode")
+        if opened is None:
             return
-        if first.WhichOneof("payload") != "start":
-            raise InvalidRequest("the first Vocode message must set `start`")
-        seed = first.start.seed if first.start.HasField("seed") else None
-        stream = self.runner.open_stream(seed)
+        start, chunks = opened
+        stream = self.runner.open_stream(start.seed if start.HasField("seed") else None)
         try:
-            async for message in messages:
-                if message.WhichOneof("payload") != "chunk":
-                    raise InvalidRequest("only the first Vocode message may set `start`; later ones set `chunk`")
-                mel = from_proto(message.chunk.mel, "chunk.mel")
-                finalize = message.chunk.finalize
+            async for chunk in chunks:
+                mel = from_proto(chunk.mel, "chunk.mel")
+                finalize = chunk.finalize
                 result = await self.runner.vocode(stream, mel, finalize)
                 yield vocoder_pb2.VocodeResponse(
                     audio=to_proto(result.samples),
