@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e '.[test]'
+	# The reference's whisper log-mel for the speech tokenizer; its pinned triton is not needed.
+	$(BIN)/python -m pip install -q --no-deps openai-whisper==20250625
 	# Reference implementation for parity tests only: it pins ancient deps, so no deps.
 	$(BIN)/python -m pip install -q --no-deps cosyvoice2-eu==0.2.8
 	touch $(STAMP)
