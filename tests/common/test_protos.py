@@ -25,7 +25,7 @@ def test_stubs_import_relatively_and_never_the_reference_package():
         assert not re.search(r"^from cosyvoice", path.read_text(), re.MULTILINE), path.name
 
 
-@pytest.mark.parametrize("name", ["common", "llm", "flow", "vocoder", "tts"])
+@pytest.mark.parametrize("name", ["common", "llm", "flow", "vocoder", "tts", "frontend", "speakers"])
 def test_every_message_field_and_rpc_is_commented(name):
     lines = (ROOT / "protos" / "cosyvoice" / "v1" / f"{name}.proto").read_text().splitlines()
     declaration = re.compile(
