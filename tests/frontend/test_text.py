@@ -64,6 +64,7 @@ ENGLISH = [
     ('He said "wait" and   left.', 'He said "wait" and left.'),
     ("Dr. Smith lives at 221B Baker St.", "doctor Smith lives at two hundred twenty one B Baker St."),
     ("Room 42", "Room forty two."),
+    ("123", "one hundred and twenty three."),  # upstream's wetext lang="auto" reads this in Chinese
     ("Grüße aus München, 3 Tage.", "Grüße aus München, three Tage."),
 ]
 
