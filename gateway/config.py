@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import os
+from pathlib import Path
+
 from services.common.chunking import ChunkPolicy
 from services.common.config import ServerConfig, check, setting
+
+
+DEFAULT_SPEAKER_DB = Path(os.environ.get("COSYVOICE_CACHE", Path.home() / ".cache" / "cosyvoice")) / "speakers.db"
 
 
 @dataclasses.dataclass
@@ -18,6 +24,10 @@ class GatewayConfig(ServerConfig):
     llm_addr: str = setting("", "host:port of the LLM stage (required)")
     flow_addr: str = setting("", "host:port of the flow stage (required)")
     vocoder_addr: str = setting("", "host:port of the vocoder stage (required)")
+    frontend_addr: str = setting("", "host:port of the frontend stage (required)")
+    speaker_db: str = setting(
+        str(DEFAULT_SPEAKER_DB), "registered speakers: a SQLite file (created if missing) or :memory:"
+    )
     max_text_chars: int = setting(2000, "longest accepted text, in characters")
     max_concurrent_requests: int = setting(64, "requests in flight before RESOURCE_EXHAUSTED")
     stage_queue_chunks: int = setting(4, "bounded queue depth between stages, in chunks (backpressure)")
@@ -29,7 +39,7 @@ class GatewayConfig(ServerConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("llm_addr", "flow_addr", "vocoder_addr"):
+        for name in ("llm_addr", "flow_addr", "vocoder_addr", "frontend_addr"):
             check(":" in getattr(self, name), self, name, "is required, as host:port")
         check(self.max_text_chars >= 1, self, "max_text_chars", "must be >= 1")
         check(self.max_concurrent_requests >= 1, self, "max_concurrent_requests", "must be >= 1")
@@ -40,6 +50,7 @@ class GatewayConfig(ServerConfig):
         check(self.hop_scale_factor >= 1, self, "hop_scale_factor", "must be >= 1")
         check(self.lookahead_tokens >= 0, self, "lookahead_tokens", "must be >= 0")
         check(self.upstream_timeout_seconds > 0, self, "upstream_timeout_seconds", "must be > 0")
+        check(bool(self.speaker_db.strip()), self, "speaker_db", "must be a file path or :memory:")
 
     @property
     def chunk_policy(self) -> ChunkPolicy:

@@ -32,6 +32,14 @@ class _Shared:
     flow_timed: bool = False
 
 
+async def _text_requests(start: llm_pb2.BistreamStart, pieces: AsyncIterator[str]) -> AsyncIterator[object]:
+    """The LLM's bistream: the start, then each text piece as the caller sends it; the caller's
+    end of text half-closes it."""
+    yield llm_pb2.GenerateBistreamRequest(start=start)
+    async for piece in pieces:
+        yield llm_pb2.GenerateBistreamRequest(text=piece)
+
+
 async def _requests(first: object, queue: asyncio.Queue) -> AsyncIterator[object]:
     """A bidi request stream: the start message, then queued items up to the final one."""
     yield first
@@ -49,29 +57,43 @@ class StagePipeline:
         self.queue_chunks = queue_chunks
         self.timeout = timeout
 
-    async def run(self, job: SynthesisJob, timeout: float | None = None) -> AsyncIterator[AudioPiece]:
-        """Audio pieces in order, the last with is_final; `timeout` caps every stage call."""
+    async def run(
+        self, job: SynthesisJob, timeout: float | None = None, text_pieces: AsyncIterator[str] | None = None
+    ) -> AsyncIterator[AudioPiece]:
+        """Audio pieces in order, the last with is_final; `timeout` caps every stage call.
+        With `text_pieces` the LLM reads the text as it arrives (bistream) instead of `job.text`."""
         timeout = self.timeout if timeout is None else min(timeout, self.timeout)
         flow_in: asyncio.Queue = asyncio.Queue(self.queue_chunks)
         vocoder_in: asyncio.Queue = asyncio.Queue(self.queue_chunks)
         audio_out: asyncio.Queue = asyncio.Queue(self.queue_chunks)
         shared = _Shared()
-        llm_call = self.clients.llm.Generate(
-            llm_pb2.GenerateRequest(
-                request_id=job.request_id, text=job.text, sampling=llm_pb2.SamplingParams(seed=job.seed)
-            ),
-            timeout=timeout,
-        )
-        flow_start = flow_pb2.DecodeRequest(
-            start=flow_pb2.DecodeStart(request_id=job.request_id, speaker_id=job.speaker_id)
-        )
-        flow_call = self.clients.flow.Decode(_requests(flow_start, flow_in), timeout=timeout)
-        vocoder_start = vocoder_pb2.VocodeRequest(
-            start=vocoder_pb2.VocodeStart(request_id=job.request_id, seed=job.seed)
-        )
+        sampling = llm_pb2.SamplingParams(seed=job.seed)
+        if text_pieces is None:
+            llm_call = self.clients.llm.Generate(
+                llm_pb2.GenerateRequest(
+                    request_id=job.request_id, text=job.text, prompt_text=job.prompt_text,
+                    prompt_speech_tokens=job.prompt_speech_tokens, sampling=sampling,
+                ),
+                timeout=timeout,
+            )
+        else:
+            start = llm_pb2.BistreamStart(
+                request_id=job.request_id, prompt_text=job.prompt_text,
+                prompt_speech_tokens=job.prompt_speech_tokens, sampling=sampling,
+            )
+            llm_call = self.clients.llm.GenerateBistream(_text_requests(start, text_pieces), timeout=timeout)
+        if job.flow_prompt is not None:
+            decode_start = flow_pb2.DecodeStart(request_id=job.request_id, prompt=job.flow_prompt)
+        else:
+            decode_start = flow_pb2.DecodeStart(request_id=job.request_id, speaker_id=job.speaker_id)
+        flow_call = self.clients.flow.Decode(_requests(flow_pb2.DecodeRequest(start=decode_start), flow_in), timeout=timeout)
+        vocode_start = vocoder_pb2.VocodeStart(request_id=job.request_id, seed=job.seed)
+        if job.speed != 1.0:
+            vocode_start.speed = job.speed
+        vocoder_start = vocoder_pb2.VocodeRequest(start=vocode_start)
         vocoder_call = self.clients.vocoder.Vocode(_requests(vocoder_start, vocoder_in), timeout=timeout)
         pumps = [
-            self._pump_tokens(llm_call, flow_in, shared, job.stream),
+            self._pump_tokens(llm_call, flow_in, shared, job),
             self._pump_mel(flow_call, vocoder_in, shared),
             self._pump_audio(vocoder_call, audio_out, shared),
         ]
@@ -83,10 +105,8 @@ class StagePipeline:
         async for piece in run_pumps(pumps, audio_out, on_exit=cancel_calls):
             yield piece
 
-    async def _pump_tokens(
-        self, call: grpc.aio.UnaryStreamCall, out: asyncio.Queue, shared: _Shared, stream: bool
-    ) -> None:
-        feed = TokenFeed(self.policy, num_prompt_tokens=0, stream=stream)
+    async def _pump_tokens(self, call: grpc.aio.Call, out: asyncio.Queue, shared: _Shared, job: SynthesisJob) -> None:
+        feed = TokenFeed(self.policy, num_prompt_tokens=job.num_flow_prompt_tokens, stream=job.stream)
         try:
             async for response in call:
                 for tokens, chunk in feed.push(response.tokens, bool(response.finish_reason)):

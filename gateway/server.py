@@ -1,10 +1,12 @@
-"""Composition root of the gateway process: config → clients → pipeline → servicer → server."""
+"""Composition root of the gateway process: config → clients, store → pipeline, voices →
+servicers (TextToSpeech, Speakers, the official CosyVoice) → server."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
+from dataclasses import dataclass
 from typing import Sequence
 
 import grpc
@@ -12,32 +14,72 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.clients import StageClients
 from gateway.config import GatewayConfig
+from gateway.frontend_calls import FrontendClient
 from gateway.metrics import GatewayMetrics
+from gateway.official import OfficialCosyVoiceServicer
 from gateway.pipeline import StagePipeline
+from gateway.registry.servicer import SpeakersServicer
+from gateway.registry.store import SpeakerStoreError, open_speaker_store
 from gateway.servicer import TextToSpeechServicer
-from services.common.config import load_config
+from gateway.synthesis import Synthesizer
+from gateway.voices import VoiceBook
+from services.common.config import ConfigError, load_config
 from services.common.logging_setup import configure_logging
 from services.common.metrics import make_registry
-from services.common.pb import tts_pb2, tts_pb2_grpc
+from services.common.pb import cosyvoice_pb2, cosyvoice_pb2_grpc, speakers_pb2, speakers_pb2_grpc, tts_pb2, tts_pb2_grpc
 from services.common.server import ServiceBinding, ServiceHost, run_until_signal
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = tts_pb2.DESCRIPTOR.services_by_name["TextToSpeech"].full_name
+SPEAKERS_SERVICE_NAME = speakers_pb2.DESCRIPTOR.services_by_name["Speakers"].full_name
+OFFICIAL_SERVICE_NAME = cosyvoice_pb2.DESCRIPTOR.services_by_name["CosyVoice"].full_name
+STAGES = ("llm", "flow", "vocoder", "frontend")
 
 
-def build_host(config: GatewayConfig, registry=None) -> tuple[ServiceHost, StageClients]:
+@dataclass
+class Gateway:
+    host: ServiceHost
+    clients: StageClients
+    voices: VoiceBook
+
+    async def load(self, config: GatewayConfig) -> None:
+        """Ready once every stage is SERVING and the model's preset speakers are known."""
+        await wait_for_stages(config)
+        await self.voices.load_presets()
+        logger.info("%d preset speakers", len(self.voices.presets))
+
+    async def close(self) -> None:
+        await self.clients.close()
+        self.voices.close()
+        self.voices.store.close()
+
+
+def build_gateway(config: GatewayConfig, registry=None) -> Gateway:  # noqa: ANN001
     registry = registry if registry is not None else make_registry()
-    clients = StageClients.connect(config.llm_addr, config.flow_addr, config.vocoder_addr)
+    try:
+        store = open_speaker_store(config.speaker_db)
+    except SpeakerStoreError as exc:
+        raise ConfigError(f"--speaker-db / COSYVOICE_GATEWAY_SPEAKER_DB: {exc}") from None
+    clients = StageClients.connect(config.llm_addr, config.flow_addr, config.vocoder_addr, config.frontend_addr)
+    frontend = FrontendClient(clients.frontend, config.upstream_timeout_seconds)
+    voices = VoiceBook(store, frontend)
     pipeline = StagePipeline(clients, config.chunk_policy, config.stage_queue_chunks, config.upstream_timeout_seconds)
-    servicer = TextToSpeechServicer(
-        pipeline, GatewayMetrics(registry), config.max_text_chars, config.max_concurrent_requests
-    )
-    binding = ServiceBinding(SERVICE_NAME, servicer, tts_pb2_grpc.add_TextToSpeechServicer_to_server)
-    return ServiceHost(config, [binding], registry), clients
+    synthesizer = Synthesizer(pipeline, voices, frontend, config.max_text_chars)
+    tts = TextToSpeechServicer(synthesizer, GatewayMetrics(registry), config.max_concurrent_requests)
+    bindings = [
+        ServiceBinding(SERVICE_NAME, tts, tts_pb2_grpc.add_TextToSpeechServicer_to_server),
+        ServiceBinding(
+            SPEAKERS_SERVICE_NAME, SpeakersServicer(voices, frontend), speakers_pb2_grpc.add_SpeakersServicer_to_server
+        ),
+        ServiceBinding(
+            OFFICIAL_SERVICE_NAME, OfficialCosyVoiceServicer(tts), cosyvoice_pb2_grpc.add_CosyVoiceServicer_to_server
+        ),
+    ]
+    return Gateway(ServiceHost(config, bindings, registry), clients, voices)
 
 
 async def wait_for_stages(config: GatewayConfig, poll_seconds: float = 0.5) -> None:
-    """The gateway is ready when every stage reports SERVING (Health.Watch, no polling loop)."""
+    """Every stage reports SERVING (Health.Watch, no polling loop)."""
 
     async def watch(name: str, address: str) -> None:
         announced = False
@@ -55,9 +97,7 @@ async def wait_for_stages(config: GatewayConfig, poll_seconds: float = 0.5) -> N
                     announced = True
             await asyncio.sleep(poll_seconds)  # reconnect back-off after the stage refused us
 
-    await asyncio.gather(
-        watch("llm", config.llm_addr), watch("flow", config.flow_addr), watch("vocoder", config.vocoder_addr)
-    )
+    await asyncio.gather(*(watch(name, getattr(config, f"{name}_addr")) for name in STAGES))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -65,12 +105,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(config.log_level, config.log_json, process="gateway")
 
     async def run() -> None:
-        host, clients = build_host(config)
+        gateway = build_gateway(config)
         await run_until_signal(
-            host,
-            load=functools.partial(wait_for_stages, config),
-            on_stop=clients.close,
-            name="gateway",
+            gateway.host, load=functools.partial(gateway.load, config), on_stop=gateway.close, name="gateway"
         )
 
     asyncio.run(run())

@@ -1,4 +1,4 @@
-"""The public TextToSpeech servicer: validates, admits, runs the stage pipeline, encodes."""
+"""The public TextToSpeech servicer: validates, admits, plans, runs the stages, encodes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import logging
 import secrets
 import time
-import uuid
 from typing import AsyncIterator
 
 import grpc
@@ -14,32 +13,44 @@ import numpy as np
 
 from gateway.audio import ENCODINGS, AudioEncoder, normalize_encoding
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline import AudioPiece, StagePipeline, SynthesisJob
+from gateway.modes import Mode
+from gateway.pipeline import AudioPiece
+from gateway.synthesis import SynthesisOptions, SynthesisPlan, Synthesizer, VoiceSpec
 from services.common.errors import InvalidRequest, Overloaded, map_errors, status_of
 from services.common.pb import tts_pb2, tts_pb2_grpc
 
 logger = logging.getLogger(__name__)
-MAX_SPEAKER_ID_CHARS = 256
+MODES = {
+    tts_pb2.SYNTHESIS_MODE_UNSPECIFIED: None,
+    tts_pb2.SYNTHESIS_MODE_SFT: Mode.SFT,
+    tts_pb2.SYNTHESIS_MODE_ZERO_SHOT: Mode.ZERO_SHOT,
+    tts_pb2.SYNTHESIS_MODE_CROSS_LINGUAL: Mode.CROSS_LINGUAL,
+    tts_pb2.SYNTHESIS_MODE_INSTRUCT2: Mode.INSTRUCT2,
+}
+MAX_TEXT_PIECE_CHARS = 4000
 
 
-def validate(request: tts_pb2.SynthesizeRequest, max_text_chars: int) -> None:
-    if not request.text.strip():
-        raise InvalidRequest("text: must not be empty")
-    if len(request.text) > max_text_chars:
-        raise InvalidRequest(f"text: {len(request.text)} characters exceed the limit of {max_text_chars}")
-    if normalize_encoding(request.encoding) not in ENCODINGS:
-        raise InvalidRequest(f"encoding: unknown value {request.encoding}")
-    if len(request.speaker_id) > MAX_SPEAKER_ID_CHARS:
-        raise InvalidRequest(f"speaker_id: longer than {MAX_SPEAKER_ID_CHARS} characters")
+def voice_spec(message: tts_pb2.SynthesizeRequest | tts_pb2.TextStreamConfig) -> VoiceSpec:
+    if message.WhichOneof("voice") == "prompt":
+        return VoiceSpec(prompt_audio=message.prompt.audio, prompt_text=message.prompt.text)
+    return VoiceSpec(speaker_id=message.speaker_id)
+
+
+def mode_of(value: int) -> Mode | None:
+    if value not in MODES:
+        raise InvalidRequest(f"mode: unknown value {value}")
+    return MODES[value]
+
+
+def check_encoding(encoding: int) -> None:
+    if normalize_encoding(encoding) not in ENCODINGS:
+        raise InvalidRequest(f"encoding: unknown value {encoding}")
 
 
 class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
-    def __init__(
-        self, pipeline: StagePipeline, metrics: GatewayMetrics, max_text_chars: int, max_concurrent_requests: int
-    ) -> None:
-        self.pipeline = pipeline
+    def __init__(self, synthesizer: Synthesizer, metrics: GatewayMetrics, max_concurrent_requests: int) -> None:
+        self.synthesizer = synthesizer
         self.metrics = metrics
-        self.max_text_chars = max_text_chars
         self.max_concurrent_requests = max_concurrent_requests
         self.num_in_flight = 0
 
@@ -47,22 +58,70 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
     async def Synthesize(
         self, request: tts_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
+        async def responses() -> AsyncIterator[tts_pb2.SynthesizeResponse]:
+            check_encoding(request.encoding)
+            options = SynthesisOptions(
+                text=request.text,
+                voice=voice_spec(request),
+                mode=mode_of(request.mode),
+                instruct_text=request.instruct_text,
+                seed=request.seed if request.HasField("seed") else secrets.randbits(63),
+                stream=request.stream,
+                speed=request.speed if request.HasField("speed") else None,
+                text_frontend=request.text_frontend if request.HasField("text_frontend") else True,
+            )
+            plan = await self.synthesizer.plan(options, context.time_remaining())
+            pieces = self.synthesizer.run(plan, context.time_remaining())
+            async for response in self._encode(plan, pieces, request.encoding, request.stream):
+                yield response
+
+        async for response in self.admitted(responses()):
+            yield response
+
+    @map_errors
+    async def SynthesizeTextStream(
+        self, requests: AsyncIterator[tts_pb2.TextStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
+        async def responses() -> AsyncIterator[tts_pb2.SynthesizeResponse]:
+            messages = requests.__aiter__()
+            first = await anext(messages, None)
+            if first is None or first.WhichOneof("payload") != "config":
+                raise InvalidRequest("the first SynthesizeTextStream message must set `config`")
+            config = first.config
+            check_encoding(config.encoding)
+            options = SynthesisOptions(
+                text="",
+                voice=voice_spec(config),
+                mode=mode_of(config.mode),
+                instruct_text=config.instruct_text,
+                seed=config.seed if config.HasField("seed") else secrets.randbits(63),
+                stream=True,
+                text_frontend=False,
+            )
+            plan = await self.synthesizer.plan(options, context.time_remaining(), text_stream=True)
+            pieces = _TextPieces(messages, self.synthesizer.max_text_chars)
+            audio = self.synthesizer.run(plan, context.time_remaining(), pieces.iterate())
+            try:
+                async for response in self._encode(plan, audio, config.encoding, True):
+                    yield response
+            except Exception:
+                pieces.raise_if_failed()  # the caller's bad message is the cause, not the stage's reaction
+                raise
+            pieces.raise_if_failed()
+
+        async for response in self.admitted(responses()):
+            yield response
+
+    async def admitted(self, responses: AsyncIterator[tts_pb2.SynthesizeResponse]) -> AsyncIterator:
+        """Admission control and outcome accounting around one call."""
         code = grpc.StatusCode.OK
-        validate(request, self.max_text_chars)
         if self.num_in_flight >= self.max_concurrent_requests:
             self.metrics.requests.labels(grpc.StatusCode.RESOURCE_EXHAUSTED.name).inc()
             raise Overloaded(f"{self.num_in_flight} requests in flight (max_concurrent_requests)")
         self.num_in_flight += 1
         self.metrics.in_flight.inc()
-        job = SynthesisJob(
-            request_id=uuid.uuid4().hex[:16],
-            text=request.text,
-            speaker_id=request.speaker_id,
-            seed=request.seed if request.HasField("seed") else secrets.randbits(63),
-            stream=request.stream,
-        )
         try:
-            async for response in self._synthesize(job, request, context):
+            async for response in responses:
                 yield response
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
@@ -75,14 +134,13 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
             self.metrics.in_flight.dec()
             self.metrics.requests.labels(code.name).inc()
 
-    async def _synthesize(
-        self, job: SynthesisJob, request: tts_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
+    async def _encode(
+        self, plan: SynthesisPlan, pieces: AsyncIterator[AudioPiece], encoding: int, stream: bool
     ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
         started = time.perf_counter()
         encoder: AudioEncoder | None = None
-        pieces = self.pipeline.run(job, context.time_remaining())
         num_samples, index = 0, 0
-        if request.stream:
+        if stream:
             timings = None
             async for piece in pieces:
                 timings = timings or piece.timings
@@ -90,9 +148,8 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                     continue  # nothing to play yet; its timings ride on the first real chunk
                 if index == 0:
                     piece.timings = timings
-                encoder = encoder or AudioEncoder(request.encoding, piece.sample_rate, streaming=True)
-                if index == 0:
                     self.metrics.time_to_first_audio.observe(time.perf_counter() - started)
+                encoder = encoder or AudioEncoder(encoding, piece.sample_rate, streaming=True)
                 yield self._response(encoder, piece, index)
                 num_samples += piece.samples.size
                 index += 1
@@ -102,7 +159,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                 np.concatenate([p.samples for p in collected]), collected[-1].sample_rate, True,
                 next((p.timings for p in collected if p.timings is not None), None),
             )
-            encoder = AudioEncoder(request.encoding, whole.sample_rate, streaming=False)
+            encoder = AudioEncoder(encoding, whole.sample_rate, streaming=False)
             yield self._response(encoder, whole, 0)
             num_samples = whole.samples.size
         duration = time.perf_counter() - started
@@ -111,7 +168,10 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
         self.metrics.audio.inc(audio_seconds)
         if audio_seconds > 0:
             self.metrics.real_time_factor.observe(duration / audio_seconds)
-        logger.info("request %s: %.2f s of audio in %.2f s", job.request_id, audio_seconds, duration)
+        logger.info(
+            "request %s (%s, %d segments): %.2f s of audio in %.2f s",
+            plan.request_id, plan.mode.value, len(plan.segments), audio_seconds, duration,
+        )
 
     @staticmethod
     def _response(encoder: AudioEncoder, piece: AudioPiece, index: int) -> tts_pb2.SynthesizeResponse:
@@ -131,3 +191,38 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                 )
             )
         return response
+
+
+class _TextPieces:
+    """The caller's text messages as LLM text pieces. A bad message ends the text and is
+    remembered, so the call fails with the caller's error rather than the LLM's reaction."""
+
+    def __init__(self, messages: AsyncIterator[tts_pb2.TextStreamRequest], max_total_chars: int) -> None:
+        self.messages = messages
+        self.max_total_chars = max_total_chars
+        self.error: InvalidRequest | None = None
+        self.total = 0
+
+    def _fail(self, message: str) -> InvalidRequest:
+        self.error = InvalidRequest(message)
+        return self.error
+
+    async def iterate(self) -> AsyncIterator[str]:
+        # Raising here fails the LLM call at once (gRPC cancels it); the servicer then reports
+        # the remembered error instead of the cancellation.
+        async for message in self.messages:
+            if message.WhichOneof("payload") != "text":
+                raise self._fail("only the first SynthesizeTextStream message may set `config`; later ones set `text`")
+            if len(message.text) > MAX_TEXT_PIECE_CHARS:
+                raise self._fail(f"text: a piece of {len(message.text)} characters exceeds {MAX_TEXT_PIECE_CHARS}")
+            self.total += len(message.text)
+            if self.total > self.max_total_chars:
+                raise self._fail(f"text: more than {self.max_total_chars} characters in all")
+            if message.text:
+                yield message.text
+        if self.total == 0:
+            raise self._fail("text: the stream ended without any text")
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error

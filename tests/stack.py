@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator
 
 from gateway.config import GatewayConfig
-from gateway.server import build_host
+from gateway.server import build_gateway
 from services.common.metrics import make_registry
 from services.common.server import ServiceHost
 from services.common.stage_app import StageApp
 from services.flow.config import FlowServiceConfig
 from services.flow.server import create_app as create_flow
+from services.frontend.config import FrontendServiceConfig
+from services.frontend.server import create_app as create_frontend
 from services.llm.config import LLMServiceConfig
 from services.llm.server import create_app as create_llm
 from services.vocoder.config import VocoderServiceConfig
@@ -25,6 +28,7 @@ class Stack:
     llm: StageApp
     flow: StageApp
     vocoder: StageApp
+    frontend: StageApp
     gateway: ServiceHost | None
 
     @property
@@ -50,15 +54,20 @@ async def running_stack(model_dir: Path, with_gateway: bool = True, **gateway_se
         vocoder = await stack.enter_async_context(
             stage_app(create_vocoder(VocoderServiceConfig(model_dir=model_dir), make_registry()))
         )
+        frontend = await stack.enter_async_context(
+            stage_app(create_frontend(FrontendServiceConfig(model_dir=model_dir), make_registry()))
+        )
         gateway = None
         if with_gateway:
+            settings = {"speaker_db": ":memory:", **gateway_settings}
             config = GatewayConfig(
                 llm_addr=llm.host.address, flow_addr=flow.host.address, vocoder_addr=vocoder.host.address,
-                **gateway_settings,
+                frontend_addr=frontend.host.address, **settings,
             )
-            gateway, clients = build_host(config, make_registry())
+            built = build_gateway(config, make_registry())
+            gateway = built.host
             await gateway.start()
-            await gateway.warm_up(None)
-            stack.push_async_callback(clients.close)
+            await gateway.warm_up(functools.partial(built.load, config))
+            stack.push_async_callback(built.close)
             stack.push_async_callback(gateway.stop, 0)
-        yield Stack(llm, flow, vocoder, gateway)
+        yield Stack(llm, flow, vocoder, frontend, gateway)

@@ -32,6 +32,14 @@ class NotFound(ServingError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class AlreadyExists(ServingError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(ServingError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class Overloaded(ServingError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -57,6 +65,7 @@ _REQUEST_CODES = frozenset(
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.CANCELLED,
         grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
     }
 )
 

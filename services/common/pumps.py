@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Coroutine
+from typing import Any, AsyncIterator, Callable, Coroutine
 
 import numpy as np
 
@@ -23,6 +23,11 @@ class SynthesisJob:
     speaker_id: str
     seed: int
     stream: bool = True  # False: one flow call over every token (full attention), one audio piece
+    prompt_text: str = ""  # LLM: the zero-shot transcript or the instruct2 instruction
+    prompt_speech_tokens: tuple[int, ...] = ()  # LLM: the zero-shot prompt's speech tokens
+    flow_prompt: Any = None  # the flow's voice (gateway: a SpeakerPrompt); None: preset `speaker_id`
+    num_flow_prompt_tokens: int = 0  # prompt tokens the flow sees: they set the first hop's pad
+    speed: float = 1.0  # time stretch of a non-streaming request
 
 
 @dataclass

@@ -7,6 +7,7 @@ not depend on what it was batched with.
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -57,12 +58,14 @@ class VocoderRunner:
     async def close(self) -> None:
         await self._batcher.close()
 
-    def open_stream(self, seed: int | None) -> VocoderStream:
+    def open_stream(self, seed: int | None, speed: float = 1.0) -> VocoderStream:
+        if not (math.isfinite(speed) and speed > 0):
+            raise InvalidRequest(f"start.speed: {speed} is not a positive number")
         generator = torch.Generator(device=self.device)
         generator.manual_seed(secrets.randbits(63) if seed is None else seed)
         self.num_streams += 1
         self.metrics.streams.set(self.num_streams)
-        return VocoderStream(self.hift, generator)
+        return VocoderStream(self.hift, generator, speed=speed)
 
     def close_stream(self, stream: VocoderStream) -> None:
         self.num_streams -= 1
@@ -77,6 +80,8 @@ class VocoderRunner:
             raise InvalidRequest("chunk.mel: values must be finite")
         started = time.perf_counter()
         first = stream.samples_emitted == 0 and not stream.has_cache
+        if stream.speed != 1.0 and not (first and finalize):
+            raise InvalidRequest("start.speed: only a stream of one final chunk (non-streaming) can change speed")
         if mel.shape[1] == 0 and (not finalize or first):
             samples = np.zeros(0, np.float32)  # nothing to vocode and nothing held back
         elif first and not finalize and mel.shape[1] < stream.mel_cache_frames:

@@ -27,7 +27,8 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
         if opened is None:
             return
         start, chunks = opened
-        stream = self.runner.open_stream(start.seed if start.HasField("seed") else None)
+        speed = start.speed if start.HasField("speed") else 1.0
+        stream = self.runner.open_stream(start.seed if start.HasField("seed") else None, speed)
         try:
             async for chunk in chunks:
                 mel = from_proto(chunk.mel, "chunk.mel")

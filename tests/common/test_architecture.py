@@ -17,6 +17,12 @@ TORCH_FREE = [
     "services.vocoder.servicer",
     "services.llm.engine.scheduler",
     "services.common.chunking",
+    "services.frontend.servicer",
+    "services.common.speakers",
+    "services.common.speaker_protos",
+    "gateway.registry.store",
+    "gateway.registry.servicer",
+    "gateway.official",
 ]
 
 
@@ -31,6 +37,7 @@ def _exposition() -> str:
     from gateway.metrics import GatewayMetrics
     from services.common.metrics import make_registry
     from services.flow.metrics import FlowMetrics
+    from services.frontend.metrics import FrontendMetrics
     from services.llm.metrics import LLMMetrics
     from services.vocoder.metrics import VocoderMetrics
 
@@ -38,6 +45,7 @@ def _exposition() -> str:
     LLMMetrics(registry).requests_finished.labels("stop").inc()
     FlowMetrics(registry)
     VocoderMetrics(registry)
+    FrontendMetrics(registry).prompts.labels("ok").inc()
     GatewayMetrics(registry).requests.labels("OK").inc()
     return generate_latest(registry).decode()
 
@@ -51,7 +59,7 @@ def test_metric_names_follow_prometheus_conventions():
         if family.type == "counter":
             assert not family.name.endswith("_total")  # the client appends it once
         for sample in family.samples:
-            assert set(sample.labels) <= {"code", "finish_reason", "le"}, sample.labels
+            assert set(sample.labels) <= {"code", "finish_reason", "le", "outcome"}, sample.labels
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")

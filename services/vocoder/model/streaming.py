@@ -60,12 +60,14 @@ class VocoderStream:
         hift: HiFTGenerator,
         generator: torch.Generator | None = None,
         mel_cache_frames: int = MEL_CACHE_FRAMES,
+        speed: float = 1.0,
     ) -> None:
         if mel_cache_frames <= 0:
             raise VocoderStreamError(f"mel_cache_frames must be positive, got {mel_cache_frames}")
         self.hift = hift
         self.generator = generator
         self.mel_cache_frames = mel_cache_frames
+        self.speed = speed  # applied by vocode_batch to a single final chunk (non-streaming)
         self.overlap = mel_cache_frames * hift.samples_per_frame
         # float64 like upstream, whose numpy window promotes the crossfade to double.
         window = torch.from_numpy(np.hamming(2 * self.overlap))
@@ -192,7 +194,7 @@ def vocode_batch(
     prepared: list[PreparedChunk] = []
     try:
         for stream, mel, final in zip(streams, mels, finals):
-            prepared.append(stream.prepare(mel, final=final))
+            prepared.append(stream.prepare(mel, final=final, speed=stream.speed))
         return _run_prepared(streams, prepared)
     except Exception:
         # Only chunks prepared here; streams already committed have nothing pending.

@@ -1,0 +1,87 @@
+"""Calls to the frontend stage, with its failures mapped for the gateway's callers.
+
+The frontend sees the caller's own input (prompt audio, text), so its INVALID_ARGUMENT is the
+caller's and passes through with the frontend's message unchanged (it already names the
+caller's field); everything else is the frontend stage's failure.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from services.common.errors import InvalidRequest, Overloaded, upstream_error
+from services.common.pb import common_pb2, frontend_pb2, frontend_pb2_grpc
+from services.common.speaker_protos import record_from_proto
+from services.common.speakers import SpeakerRecord
+
+
+def _mapped(error: grpc.aio.AioRpcError) -> Exception:
+    if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidRequest(error.details() or "invalid input")
+    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return Overloaded(f"frontend stage: {error.details()}")
+    return upstream_error("frontend", error)
+
+
+class FrontendClient:
+    def __init__(self, stub: frontend_pb2_grpc.FrontendStub, timeout: float) -> None:
+        self.stub = stub
+        self.timeout = timeout
+
+    def _timeout(self, timeout: float | None) -> float:
+        return self.timeout if timeout is None else min(timeout, self.timeout)
+
+    async def encode_prompt(
+        self, audio: bytes, field: str, pcm16_sample_rate: int = 0, request_id: str = "", timeout: float | None = None
+    ) -> common_pb2.SpeakerPrompt:
+        request = frontend_pb2.EncodePromptRequest(
+            request_id=request_id, audio=audio, pcm16_sample_rate=pcm16_sample_rate, field=field
+        )
+        try:
+            response = await self.stub.EncodePrompt(request, timeout=self._timeout(timeout))
+        except grpc.aio.AioRpcError as error:
+            raise _mapped(error) from None
+        return response.prompt
+
+    async def segments(self, text: str, normalize: bool, timeout: float | None = None) -> list[str]:
+        try:
+            response = await self.stub.SplitText(
+                frontend_pb2.SplitTextRequest(text=text, normalize=normalize), timeout=self._timeout(timeout)
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _mapped(error) from None
+        return list(response.segments)
+
+    async def normalize_prompt_text(self, text: str, normalize: bool, timeout: float | None = None) -> str:
+        if not normalize:
+            return text
+        try:
+            response = await self.stub.SplitText(
+                frontend_pb2.SplitTextRequest(text=text, normalize=True, is_prompt=True),
+                timeout=self._timeout(timeout),
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _mapped(error) from None
+        return "".join(response.segments)
+
+    async def presets(self) -> list[SpeakerRecord]:
+        try:
+            table = await self.stub.ListPresetSpeakers(frontend_pb2.ListPresetSpeakersRequest(), timeout=self.timeout)
+        except grpc.aio.AioRpcError as error:
+            raise _mapped(error) from None
+        return [record_from_proto(s, f"presets[{i}]", preset=True) for i, s in enumerate(table.speakers)]
+
+    async def read_table(self, data: bytes) -> list[SpeakerRecord]:
+        try:
+            table = await self.stub.ReadSpeakerTable(frontend_pb2.ReadSpeakerTableRequest(data=data), timeout=self.timeout)
+        except grpc.aio.AioRpcError as error:
+            raise _mapped(error) from None
+        return [record_from_proto(s, f"spk2info[{i}]") for i, s in enumerate(table.speakers)]
+
+    async def write_table(self, speakers: list[frontend_pb2.StoredSpeaker], schema: int) -> bytes:
+        request = frontend_pb2.WriteSpeakerTableRequest(speakers=speakers, schema=schema)
+        try:
+            response = await self.stub.WriteSpeakerTable(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as error:
+            raise _mapped(error) from None
+        return response.data

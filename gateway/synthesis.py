@@ -1,0 +1,147 @@
+"""From a request's fields to audio: resolve the voice, choose the mode, prepare the text, and
+run the stage pipeline once per text segment, streaming across segments.
+
+Shared by the public Synthesize and SynthesizeTextStream RPCs and the official
+cosyvoice.CosyVoice service, so every API gets the same rules and the same messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, replace
+from typing import AsyncIterator
+
+from gateway.frontend_calls import FrontendClient
+from gateway.modes import Mode, VoiceFacts, check_speed, choose_mode, instruction
+from gateway.pipeline import AudioPiece, StagePipeline, SynthesisJob
+from gateway.voices import Voice, VoiceBook, inline_voice
+from services.common.errors import InvalidRequest
+
+SEED_MODULUS = 1 << 63
+
+
+@dataclass(frozen=True)
+class VoiceSpec:
+    """How a request names its voice: exactly one of these, or none (the default preset)."""
+
+    speaker_id: str = ""
+    prompt_audio: bytes | None = None  # an audio file, or raw PCM when pcm16_sample_rate is set
+    prompt_text: str = ""
+    pcm16_sample_rate: int = 0
+    field: str = "prompt"  # the request's name of the inline prompt, for messages
+
+    @property
+    def given(self) -> str:
+        if self.prompt_audio is not None:
+            return "prompt"
+        return "speaker_id" if self.speaker_id else ""
+
+
+@dataclass(frozen=True)
+class SynthesisOptions:
+    text: str
+    voice: VoiceSpec
+    mode: Mode | None = None
+    instruct_text: str = ""
+    seed: int = 0
+    stream: bool = True
+    speed: float | None = None
+    text_frontend: bool = True
+
+
+@dataclass(frozen=True)
+class SynthesisPlan:
+    request_id: str
+    mode: Mode
+    segments: tuple[str, ...]
+    job: SynthesisJob  # the first segment's job; later segments replace text and seed
+
+
+class Synthesizer:
+    def __init__(self, pipeline: StagePipeline, voices: VoiceBook, frontend: FrontendClient, max_text_chars: int) -> None:
+        self.pipeline = pipeline
+        self.voices = voices
+        self.frontend = frontend
+        self.max_text_chars = max_text_chars
+
+    def check_text(self, text: str, field: str = "text") -> None:
+        if not text.strip():
+            raise InvalidRequest(f"{field}: must not be empty")
+        if len(text) > self.max_text_chars:
+            raise InvalidRequest(f"{field}: {len(text)} characters exceed the limit of {self.max_text_chars}")
+
+    async def _voice(self, spec: VoiceSpec, normalize: bool, timeout: float | None) -> Voice:
+        if spec.prompt_audio is None:
+            return await self.voices.named(spec.speaker_id)
+        if not spec.prompt_audio:
+            raise InvalidRequest(f"{spec.field}.audio: must not be empty")
+        encode = self.frontend.encode_prompt(
+            spec.prompt_audio, f"{spec.field}.audio", spec.pcm16_sample_rate, timeout=timeout
+        )
+        if spec.prompt_text.strip():  # normalised while the recording is encoded
+            transcript = self.frontend.normalize_prompt_text(spec.prompt_text, normalize, timeout)
+            prompt, text = await asyncio.gather(encode, transcript)
+        else:
+            prompt, text = await encode, ""
+        return inline_voice(prompt, text, spec.field)
+
+    async def plan(
+        self, options: SynthesisOptions, timeout: float | None = None, *, text_stream: bool = False
+    ) -> SynthesisPlan:
+        """Validate everything a stage would reject, before any stage starts work."""
+        if not text_stream:
+            self.check_text(options.text)
+        speed = check_speed(options.speed, options.stream)
+        if options.voice.prompt_audio is not None:  # contradictions first: encoding costs tens of ms
+            choose_mode(options.mode, VoiceFacts("prompt", True, bool(options.voice.prompt_text.strip())),
+                        options.instruct_text)
+        voice_task = self._voice(options.voice, options.text_frontend, timeout)
+        if text_stream:
+            voice, segments = await voice_task, [""]
+        elif options.text_frontend:
+            voice, segments = await asyncio.gather(
+                voice_task, self.frontend.segments(options.text, True, timeout)
+            )
+            if not segments:
+                raise InvalidRequest("text: nothing to speak after normalisation (send it with text_frontend=false)")
+        else:
+            voice, segments = await voice_task, [options.text]
+        facts = VoiceFacts(options.voice.given, voice.has_recording, bool(voice.prompt_text))
+        mode = choose_mode(options.mode, facts, options.instruct_text)
+        llm_text, llm_tokens = "", ()
+        if mode is Mode.ZERO_SHOT:
+            llm_text, llm_tokens = voice.prompt_text, voice.speech_tokens
+        elif mode is Mode.INSTRUCT2:
+            llm_text = instruction(options.instruct_text)
+        flow_prompt = voice.embedding_only() if mode is Mode.SFT else voice.prompt
+        request_id = uuid.uuid4().hex[:16]
+        job = SynthesisJob(
+            request_id=request_id,
+            text=segments[0],
+            speaker_id=voice.name,
+            seed=options.seed % SEED_MODULUS,
+            stream=options.stream,
+            prompt_text=llm_text,
+            prompt_speech_tokens=llm_tokens,
+            flow_prompt=flow_prompt,
+            num_flow_prompt_tokens=0 if mode is Mode.SFT else len(voice.speech_tokens),
+            speed=speed,
+        )
+        return SynthesisPlan(request_id, mode, tuple(segments), job)
+
+    async def run(
+        self, plan: SynthesisPlan, timeout: float | None = None, text_pieces: AsyncIterator[str] | None = None
+    ) -> AsyncIterator[AudioPiece]:
+        """Audio of every segment in order; only the last segment's last piece is final. Each
+        segment is its own pass through the stages (as in the reference), seeded seed + index."""
+        last = len(plan.segments) - 1
+        for index, segment in enumerate(plan.segments):
+            job = plan.job if index == 0 else replace(
+                plan.job, text=segment, seed=(plan.job.seed + index) % SEED_MODULUS,
+                request_id=f"{plan.request_id}-{index}",
+            )
+            async for piece in self.pipeline.run(job, timeout, text_pieces):
+                if piece.is_final and index < last:
+                    piece = replace(piece, is_final=False)
+                yield piece
