@@ -26,6 +26,7 @@ from services.common.modeldir.layout import (
 )
 from services.common.modeldir.tokenizer import EOS_TOKEN, CosyVoiceTokenizer
 from services.tinymodel.onnx_models import write_onnx_models
+from services.tinymodel.prompt_audio import write_prompt_sample
 from services.tinymodel.qwen_config import tiny_qwen_config
 from services.tinymodel.tokenizer_files import write_tokenizer_dir
 
@@ -108,7 +109,7 @@ def _make_voiced(hift: torch.nn.Module) -> None:
     hift.f0_predictor.classifier.bias.fill_(150.0)
 
 
-def write_tiny_model(out_dir: str | Path, seed: int = 0, full_size: bool = False) -> Path:
+def write_tiny_model(out_dir: str | Path, seed: int = 0, full_size: bool = False, presets: bool = True) -> Path:
     """Write the directory and return its path; the global RNG state is left untouched.
 
     `full_size` writes CosyVoice2-0.5B's dimensions instead (about 2.6 GB, for benchmarks)."""
@@ -133,13 +134,15 @@ def write_tiny_model(out_dir: str | Path, seed: int = 0, full_size: bool = False
         _make_voiced(hift)
         torch.save(hift_state_dict(hift), root / HIFT_CHECKPOINT)
         speakers = {DEFAULT_SPEAKER: {"embedding": torch.randn(1, 192)}}
-        torch.save(speakers, root / SPK2INFO)
+        if presets:  # the official CosyVoice2-0.5B directory ships none: --no-presets is that layout
+            torch.save(speakers, root / SPK2INFO)
     # The HF backbone weights the reference's Qwen2Encoder loads first (llm.pt overwrites them).
     prefix = "llm.model."
     backbone = {key[len(prefix):]: value for key, value in llm_state.items() if key.startswith(prefix)}
     backbone.pop("lm_head.weight", None)  # tied to embed_tokens, as in the real file
     write_safetensors(backbone, root / QWEN_DIR / "model.safetensors")
     write_onnx_models(root, seed, model_dir.generation.speech_tokenizer_name)
+    write_prompt_sample(root, seed)  # not in the official layout: a voice to try zero-shot with
     return root
 
 
@@ -147,10 +150,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="cosyvoice make-tiny-model", description=__doc__)
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    parser.add_argument("--no-presets", action="store_true",
+                        help="write no spk2info.pt, as the official CosyVoice2-0.5B directory has none")
     parser.add_argument("--full-size", action="store_true",
                         help="CosyVoice2-0.5B's dimensions (about 2.6 GB; for benchmarks, still random)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    root = write_tiny_model(args.out_dir, args.seed, args.full_size)
+    root = write_tiny_model(args.out_dir, args.seed, args.full_size, presets=not args.no_presets)
     print(f"wrote a random-weight CosyVoice2 model to {root} in {time.perf_counter() - started:.1f} s "
           "(random weights: it makes noise, not speech)")

@@ -28,6 +28,7 @@ OFFICIAL_FILES = [
     "cosyvoice2.yaml", "llm.pt", "flow.pt", "hift.pt", "campplus.onnx", "speech_tokenizer_v2.onnx", "spk2info.pt",
     *(f"CosyVoice-BlankEN/{name}" for name in QWEN_FILES),
 ]  # fmt: skip
+EXTRA_FILES = ["prompt_sample.wav", "prompt_sample.txt"]  # a voice to try zero-shot with
 CHECKPOINTS = ["llm.pt", "flow.pt", "hift.pt", "spk2info.pt"]
 BINARY_FILES = ["campplus.onnx", "speech_tokenizer_v2.onnx", "CosyVoice-BlankEN/model.safetensors"]
 TEXT_FILES = ["cosyvoice2.yaml", *(f"CosyVoice-BlankEN/{n}" for n in QWEN_FILES if n != "model.safetensors")]
@@ -205,3 +206,21 @@ def test_cli_writes_a_loadable_model(tiny_model_dir: Path, tmp_path: Path):
     assert expected.keys() == written.keys()
     assert all(torch.equal(expected[key], written[key]) for key in expected)
     load_hift(ModelDir.open(out))  # loads like any other directory
+
+
+def test_a_sample_prompt_recording_and_its_transcript_are_written(tiny_model_dir: Path):
+    import soundfile
+
+    for name in EXTRA_FILES:
+        assert (tiny_model_dir / name).is_file(), name
+    samples, rate = soundfile.read(tiny_model_dir / "prompt_sample.wav", dtype="float32")
+    assert rate == 24000 and samples.ndim == 1
+    assert 2.0 <= samples.size / rate <= 30.0  # inside the frontend's prompt limits
+    assert 0.1 < np.abs(samples).max() <= 1.0  # audible, not clipped
+    assert (tiny_model_dir / "prompt_sample.txt").read_text().strip()
+
+
+def test_no_presets_writes_the_official_layout_without_spk2info(tmp_path: Path):
+    root = write_tiny_model(tmp_path / "no-presets", presets=False)
+    assert not (root / "spk2info.pt").exists()
+    assert ModelDir.open(root).spk2info_path is None
