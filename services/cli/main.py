@@ -11,8 +11,9 @@ from typing import Sequence
 USAGE = """usage: cosyvoice <command> [options]
 
 commands:
-  serve {llm,flow,vocoder,gateway} [flags]  run one service (flags or COSYVOICE_<SERVICE>_* env vars)
-  up [--model-dir DIR] [--device cpu|cuda]  run the whole stack locally as four processes
+  serve {llm,flow,vocoder,frontend,gateway} [flags]
+                                            run one service (flags or COSYVOICE_<SERVICE>_* env vars)
+  up [--model-dir DIR] [--device cpu|cuda]  run the whole stack locally as five processes
   synth TEXT -o OUT.wav [--address HOST:PORT]  synthesize through a running gateway
   bench [options]                           load-test the gateway against the in-process monolith
   make-tiny-model OUT_DIR [--seed N]        write a random-weight model in the official layout
@@ -22,8 +23,8 @@ commands:
 
 
 def _serve(argv: Sequence[str]) -> None:
-    if not argv or argv[0] not in ("llm", "flow", "vocoder", "gateway"):
-        raise SystemExit("usage: cosyvoice serve {llm,flow,vocoder,gateway} [flags]  (--help for flags)")
+    if not argv or argv[0] not in ("llm", "flow", "vocoder", "frontend", "gateway"):
+        raise SystemExit("usage: cosyvoice serve {llm,flow,vocoder,frontend,gateway} [flags]  (--help for flags)")
     stage, rest = argv[0], list(argv[1:])
     if stage == "gateway":
         from gateway.server import main as serve_main
@@ -31,6 +32,8 @@ def _serve(argv: Sequence[str]) -> None:
         from services.llm.server import main as serve_main
     elif stage == "flow":
         from services.flow.server import main as serve_main
+    elif stage == "frontend":
+        from services.frontend.server import main as serve_main
     else:
         from services.vocoder.server import main as serve_main
     serve_main(rest)

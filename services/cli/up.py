@@ -1,4 +1,4 @@
-"""`cosyvoice up`: the whole stack on this machine, as four separate processes.
+"""`cosyvoice up`: the whole stack on this machine, as five separate processes.
 
 Each stage binds a free port (or the one given) and prints `<stage> listening on host:port`
 on stdout; the gateway is started with those addresses. Every address is printed, the
@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 _LISTENING = re.compile(r"listening on (\S+:\d+)(?: metrics (\S+:\d+))?")
-STAGES = ("llm", "flow", "vocoder")
+STAGES = ("llm", "flow", "vocoder", "frontend")
 DEFAULT_TINY_DIR = Path(os.environ.get("COSYVOICE_CACHE", Path.home() / ".cache" / "cosyvoice")) / "tiny-model"
 
 
@@ -149,7 +149,8 @@ def start_stack(
             children.append(_start(name, args, env, timeout))
         addresses = {c.name: c.address for c in children}
         args = ["--host", host, "--port", str(port), "--llm-addr", addresses["llm"],
-                "--flow-addr", addresses["flow"], "--vocoder-addr", addresses["vocoder"], *gateway_args]
+                "--flow-addr", addresses["flow"], "--vocoder-addr", addresses["vocoder"],
+                "--frontend-addr", addresses["frontend"], *gateway_args]
         children.insert(0, _start("gateway", args, env, timeout))
     except BaseException:
         stop_all(children, grace=5.0)

@@ -1,4 +1,4 @@
-"""End to end: `cosyvoice up` runs the three stages and the gateway as four processes."""
+"""End to end: `cosyvoice up` runs the four stages and the gateway as five processes."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 # The test extra installs grpcurl into the virtualenv, which need not be on PATH.
 GRPCURL = shutil.which("grpcurl", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
-_LINE = re.compile(r"^(gateway|llm|flow|vocoder) (\S+:\d+) \(metrics (\S+:\d+)\)")
+_LINE = re.compile(r"^(gateway|llm|flow|vocoder|frontend) (\S+:\d+) \(metrics (\S+:\d+)\)")
 IN_FLIGHT = {
     "llm": "cosyvoice_llm_streams_active",
     "flow": "cosyvoice_flow_sessions_active",
@@ -62,7 +62,7 @@ def stack(tiny_model_dir):
             order.append(match.group(1))
         if line.startswith("ready"):
             break
-    assert order == ["gateway", "llm", "flow", "vocoder"], "the gateway's address comes first"
+    assert order == ["gateway", "llm", "flow", "vocoder", "frontend"], "the gateway's address comes first"
     running = RunningStack(process, addresses, metrics)
     yield running
     if process.poll() is None:  # the SIGTERM test did not run: stop it the same orderly way
@@ -172,7 +172,7 @@ def test_the_servers_stop_when_up_itself_is_killed(tiny_model_dir):
         match = _LINE.match(line)
         if match:
             addresses.append(match.group(2))
-        if len(addresses) == 4:
+        if len(addresses) == 5:
             break
     process.kill()  # SIGKILL: `up` gets no chance to clean up
     process.wait()
