@@ -311,7 +311,8 @@ async def _load_monolith(model_dir: Path, device: str, num_threads: int) -> Any:
 
     flags = ["--model-dir", str(model_dir), "--device", device, "--num-threads", str(num_threads)]
     unused = "unused:0"  # the gateway's stage addresses mean nothing here
-    gateway = load_config(GatewayConfig, ["--llm-addr", unused, "--flow-addr", unused, "--vocoder-addr", unused])
+    gateway = load_config(GatewayConfig, ["--llm-addr", unused, "--flow-addr", unused, "--vocoder-addr", unused,
+                                          "--frontend-addr", unused])
     return await MonolithPipeline.start(
         load_config(LLMServiceConfig, flags), load_config(FlowServiceConfig, flags),
         load_config(VocoderServiceConfig, flags), gateway.chunk_policy, gateway.stage_queue_chunks,
@@ -341,6 +342,11 @@ async def _run(args: argparse.Namespace, address: str | None, model_dir: Path | 
 def main(argv: Sequence[str] | None = None) -> None:
     from services.cli.up import ensure_model_dir, start_stack, stop_all, wait_serving
 
+    if argv and argv[0] == "voices":  # `cosyvoice bench voices`: registered vs inline prompts
+        from services.cli.bench_voices import main as voices_main
+
+        voices_main(argv[1:])
+        return
     args = build_parser().parse_args(argv)
     texts = _texts(args)
     if args.num_threads < 0 or (args.requests is not None and args.requests < 1) or args.warmup < 0:
@@ -354,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     address = args.address if run_split else None
     try:
         if run_split and not args.address:
-            print(f"starting the split stack (4 processes, {args.num_threads or 'default'} torch thread(s) per stage)",
+            print(f"starting the split stack (5 processes, {args.num_threads or 'default'} torch thread(s) per stage)",
                   file=sys.stderr, flush=True)
             stage_args = ["--num-threads", str(args.num_threads), "--log-level", "WARNING"]
             children = start_stack(model_dir, args.device, "127.0.0.1", 0, args.start_timeout, stage_args,
@@ -366,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         stop_all(children, grace=10.0)
     targets = check_targets(levels)
-    where = f"gateway {args.address}" if args.address else "split stack started here (4 processes, loopback)"
+    where = f"gateway {args.address}" if args.address else "split stack started here (5 processes, loopback)"
     print(f"\ncosyvoice bench: model {model_dir or '(the gateway’s)'}; {where}; device {args.device}; "
           f"torch threads per stage {args.num_threads or 'default'}; {len(texts)} texts, seeds from {args.seed}\n")
     print(format_table(levels))

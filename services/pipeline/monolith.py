@@ -143,7 +143,7 @@ class MonolithPipeline:
     async def _pump_audio(
         self, job: SynthesisJob, source: asyncio.Queue, out: asyncio.Queue, timings: FirstChunkTimings
     ) -> None:
-        stream = self.vocoder.open_stream(job.seed)
+        stream = self.vocoder.open_stream(job.seed, job.speed)
         try:
             first = True
             while True:
