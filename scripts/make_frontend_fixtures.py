@@ -20,10 +20,15 @@ chirp, PCM_16 WAV at 16000, 22050 (stereo), 24000, 44100 and 48000 Hz):
 How to run (3-5 minutes, ~7.5 GB, outside the project's venv):
     python3 -m venv /tmp/refenv
     /tmp/refenv/bin/pip install torch==2.9.1 torchvision==0.24.1
-    /tmp/refenv/bin/pip install torch==2.9.1 'torchaudio==2.9.*' torchcodec soundfile numpy \
+    /tmp/refenv/bin/pip install torch==2.9.1 'torchaudio==2.9.*' torchcodec==0.8.1 soundfile numpy \
         onnx onnxruntime inflect numba tqdm more-itertools tiktoken pyyaml librosa scipy
     /tmp/refenv/bin/pip install --no-deps openai-whisper==20250625 cosyvoice2-eu==0.2.8
+    # torchaudio 2.9's load() always decodes through torchcodec, which needs FFmpeg's
+    # shared libraries (Debian 12: FFmpeg 5.1); torchcodec 0.17 does not load with torch 2.9.1.
+    apt-get install --no-install-recommends libavformat59 libavcodec59 libavutil57 \
+        libswresample4 libavdevice59 libavfilter8 libswscale6
     /tmp/refenv/bin/python scripts/make_frontend_fixtures.py   # from the repo root
+The output is deterministic: rerunning it rewrites identical arrays.
 The reference's unused heavy imports (matcha.utils' training helpers, WeTextProcessing's `tn`)
 are replaced by empty modules here, as tests/reference does.
 """
