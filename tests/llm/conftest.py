@@ -82,3 +82,16 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def reference_setup_bistream(tmp_path_factory: pytest.TempPathFactory):
+    """Like reference_setup_eos with EOS +5 and FILL +6: text phases sometimes sample FILL
+    (not only the forced ones) and the end-of-text tail stops by EOS after a few steps."""
+    import torch
+
+    model_dir, model = _reference_dir(tmp_path_factory, "llm-ref-bistream", eos_boost=5.0)
+    with torch.no_grad():
+        model.llm_decoder.bias[model.speech_token_size + 2] += 6.0
+    torch.save(model.state_dict(), model_dir.root / "llm.pt")
+    return model_dir, model

@@ -14,6 +14,9 @@ class EngineConfig:
     max_num_seqs: int = 8  # running sequences, = KV-cache slots
     max_num_batched_tokens: int = 4096  # prompt positions admitted per prefill step
     max_model_len: int = 4096  # prompt + generated positions per sequence
+    # Bistream: reproduce the reference's end-of-text input (re-feeds the last fed input,
+    # drops unused prompt speech) for token parity; False feeds the training layout.
+    bistream_refeed_quirk: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):

@@ -44,7 +44,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], is_prefill: bool) -> list[int]:
-        """One forward step for `seqs` (prefill of new prompts, or one decode token each),
+        """One forward step for `seqs` (prefill of new prompts and bistream extends, or one
+        decode token each),
         then one sampled token per sequence, in the order given."""
         if not seqs:
             return []
@@ -64,13 +65,18 @@ class ModelRunner:
         return tokens
 
     def _prefill(self, seqs: list[Sequence]) -> torch.Tensor:
-        embeds = [self.model.embed_prompt(seq.prompt) for seq in seqs]
+        # New prompts start at 0; bistream extends continue after what their slot holds.
+        embeds = [
+            self.model.embed_segments(seq.bistream.pending) if seq.bistream is not None
+            else self.model.embed_prompt(seq.prompt)  # type: ignore[arg-type]
+            for seq in seqs
+        ]
         lengths = [e.shape[0] for e in embeds]
         if len(embeds) == 1:
             inputs = embeds[0].unsqueeze(0)
         else:
             inputs = torch.nn.utils.rnn.pad_sequence(embeds, batch_first=True)
-        plan = self.cache.plan([seq.slot for seq in seqs], [0] * len(seqs), lengths)
+        plan = self.cache.plan([seq.slot for seq in seqs], [seq.prefill_start for seq in seqs], lengths)
         hidden = self.model(inputs, plan, self.cache)
         last = torch.tensor(lengths, device=hidden.device) - 1
         return hidden[torch.arange(len(seqs), device=hidden.device), last]
@@ -80,12 +86,18 @@ class ModelRunner:
         tokens = torch.tensor([seq.last_token for seq in seqs], device=device)
         inputs = self.model.embed_speech_tokens(tokens).unsqueeze(1)
         # The fed-back token sits right after everything already in the cache.
-        plan = self.cache.plan(
-            [seq.slot for seq in seqs], [seq.num_tokens - 1 for seq in seqs], [1] * len(seqs)
-        )
+        plan = self.cache.plan([seq.slot for seq in seqs], [seq.decode_position for seq in seqs], [1] * len(seqs))
         return self.model(inputs, plan, self.cache)[:, 0]
 
     def _sample(self, seq: Sequence, log_probs: torch.Tensor) -> int:
+        feed = seq.bistream
+        if feed is not None:
+            # A forced FILL draws nothing from the generator (the reference skips sampling);
+            # the RAS window is the reference's out_tokens, FILLs included.
+            forced = feed.forced_token()
+            if forced is not None:
+                return forced
+            return sample_next_token(log_probs, feed.history, seq.params, seq.generator, feed.masked_token())
         # Upstream masks EOS (only that id) while i < min_len, i = tokens emitted so far.
         masked = self.model.eos_token if len(seq.output_tokens) < seq.min_tokens else None
         return sample_next_token(log_probs, seq.output_tokens, seq.params, seq.generator, masked)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from services.llm.model.prompt import LLMPrompt
 
 if TYPE_CHECKING:
+    from services.llm.engine.bistream import BistreamFeed
     from services.llm.model.sampling import SamplingParams
 
 FinishReason = Literal["stop", "length", "abort"]
@@ -23,7 +24,7 @@ class SequenceStatus(Enum):
 @dataclass(eq=False)
 class Sequence:
     request_id: str
-    prompt: LLMPrompt
+    prompt: LLMPrompt | None  # None for a bistream sequence: its feed says what to prefill
     params: "SamplingParams"
     min_tokens: int  # EOS is masked while fewer tokens than this were emitted
     max_tokens: int  # finish with 'length' once this many were emitted
@@ -32,10 +33,26 @@ class Sequence:
     finish_reason: FinishReason | None = None
     slot: int | None = None  # KV-cache slot while running (model runner's business)
     generator: Any = None  # the request's torch.Generator, created by the model runner
+    bistream: "BistreamFeed | None" = None  # text-in streaming state (output_tokens excludes FILL)
 
     @property
     def num_prompt_tokens(self) -> int:
-        return self.prompt.num_positions
+        return self.prompt.num_positions if self.prompt is not None else 0
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        """Input rows of this sequence's next prefill (its prompt, or a bistream extend)."""
+        return self.bistream.num_pending if self.bistream is not None else self.num_prompt_tokens
+
+    @property
+    def prefill_start(self) -> int:
+        """Cache position where the next prefill's rows go (an extend continues the cache)."""
+        return self.bistream.num_cached if self.bistream is not None else 0
+
+    @property
+    def decode_position(self) -> int:
+        """Cache position of the fed-back token in a decode step."""
+        return self.bistream.num_cached if self.bistream is not None else self.num_tokens - 1
 
     @property
     def num_tokens(self) -> int:

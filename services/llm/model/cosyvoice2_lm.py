@@ -8,12 +8,14 @@ the backbone's final RMSNorm and returns log-probs over speech_token_size + 3 id
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
 
 from services.common.modeldir.layout import ModelDirError
 from services.llm.model.kv_cache import AttentionPlan, KVCache
-from services.llm.model.prompt import LLMPrompt, check_prompt_ids
+from services.llm.model.prompt import InputSegment, LLMPrompt, SegmentKind, check_prompt_ids
 from services.llm.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 
 SOS_ROW = 0
@@ -96,6 +98,23 @@ class CosyVoice2LM(nn.Module):
             ],
             dim=0,
         )
+
+    def embed_segments(self, segments: Sequence[InputSegment]) -> torch.Tensor:
+        """Bistream input runs (SOS, text, TASK_ID, speech in any order) → [rows, D]."""
+        device = self.llm_embedding.weight.device
+        rows = self.llm_embedding.weight
+        parts = []
+        for segment in segments:
+            ids = torch.tensor(segment.ids, dtype=torch.long, device=device)
+            if segment.kind is SegmentKind.SOS:
+                parts.append(rows[SOS_ROW : SOS_ROW + 1])
+            elif segment.kind is SegmentKind.TASK_ID:
+                parts.append(rows[TASK_ID_ROW : TASK_ID_ROW + 1])
+            elif segment.kind is SegmentKind.TEXT:
+                parts.append(self.backbone.model.embed_tokens(ids))
+            else:
+                parts.append(self.speech_embedding(ids))
+        return torch.cat(parts, dim=0)
 
     def embed_speech_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Fed-back tokens [B] → [B, D]."""

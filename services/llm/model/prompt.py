@@ -104,3 +104,27 @@ def length_limits(
         int(num_target_text_tokens * min_token_text_ratio),
         int(num_target_text_tokens * max_token_text_ratio),
     )
+
+
+class SegmentKind(str, Enum):
+    SOS = "sos"
+    TASK_ID = "task_id"
+    TEXT = "text"  # text token ids, through the Qwen text embedding
+    SPEECH = "speech"  # speech token ids, through speech_embedding
+
+
+@dataclass(frozen=True)
+class InputSegment:
+    """A run of LLM input rows described by ids, so torch-free code (the bistream feed, the
+    scheduler) can say what to feed and the model runner embeds it."""
+
+    kind: SegmentKind
+    ids: tuple[int, ...] = ()
+
+    @property
+    def length(self) -> int:
+        return 1 if self.kind in (SegmentKind.SOS, SegmentKind.TASK_ID) else len(self.ids)
+
+
+def segments_length(segments: Sequence[InputSegment]) -> int:
+    return sum(segment.length for segment in segments)
