@@ -101,13 +101,8 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
             plan = await self.synthesizer.plan(options, context.time_remaining(), text_stream=True)
             pieces = _TextPieces(messages, self.synthesizer.max_text_chars)
             audio = self.synthesizer.run(plan, context.time_remaining(), pieces.iterate())
-            try:
-                async for response in self._encode(plan, audio, config.encoding, True):
-                    yield response
-            except Exception:
-                pieces.raise_if_failed()  # the caller's bad message is the cause, not the stage's reaction
-                raise
-            pieces.raise_if_failed()
+            async for response in self._encode(plan, pieces.until_failed(audio), config.encoding, True):
+                yield response
 
         async for response in self.admitted(responses()):
             yield response
@@ -194,35 +189,61 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
 
 
 class _TextPieces:
-    """The caller's text messages as LLM text pieces. A bad message ends the text and is
-    remembered, so the call fails with the caller's error rather than the LLM's reaction."""
+    """The caller's text messages as LLM text pieces. A bad message stops the text (the LLM is
+    left waiting, not told the text ended) and fails the call with the caller's error through
+    `until_failed`, which tears the stage calls down at once."""
 
     def __init__(self, messages: AsyncIterator[tts_pb2.TextStreamRequest], max_total_chars: int) -> None:
         self.messages = messages
         self.max_total_chars = max_total_chars
         self.error: InvalidRequest | None = None
+        self.failed = asyncio.Event()
         self.total = 0
 
-    def _fail(self, message: str) -> InvalidRequest:
-        self.error = InvalidRequest(message)
-        return self.error
+    def _check(self, message: tts_pb2.TextStreamRequest) -> str | None:
+        if message.WhichOneof("payload") != "text":
+            return "only the first SynthesizeTextStream message may set `config`; later ones set `text`"
+        if len(message.text) > MAX_TEXT_PIECE_CHARS:
+            return f"text: a piece of {len(message.text)} characters exceeds {MAX_TEXT_PIECE_CHARS}"
+        if self.total + len(message.text) > self.max_total_chars:
+            return f"text: more than {self.max_total_chars} characters in all"
+        return None
 
     async def iterate(self) -> AsyncIterator[str]:
-        # Raising here fails the LLM call at once (gRPC cancels it); the servicer then reports
-        # the remembered error instead of the cancellation.
         async for message in self.messages:
-            if message.WhichOneof("payload") != "text":
-                raise self._fail("only the first SynthesizeTextStream message may set `config`; later ones set `text`")
-            if len(message.text) > MAX_TEXT_PIECE_CHARS:
-                raise self._fail(f"text: a piece of {len(message.text)} characters exceeds {MAX_TEXT_PIECE_CHARS}")
+            problem = self._check(message)
+            if problem is not None:
+                await self._fail(problem)
             self.total += len(message.text)
-            if self.total > self.max_total_chars:
-                raise self._fail(f"text: more than {self.max_total_chars} characters in all")
             if message.text:
                 yield message.text
         if self.total == 0:
-            raise self._fail("text: the stream ended without any text")
+            await self._fail("text: the stream ended without any text")
 
-    def raise_if_failed(self) -> None:
-        if self.error is not None:
-            raise self.error
+    async def _fail(self, problem: str) -> None:
+        self.error = InvalidRequest(problem)
+        self.failed.set()
+        await asyncio.Future()  # never resumes: until_failed cancels the stage calls
+
+    async def until_failed(self, audio: AsyncIterator[AudioPiece]) -> AsyncIterator[AudioPiece]:
+        """`audio`, unless the caller's text turns out bad first: then its error."""
+        failed = asyncio.ensure_future(self.failed.wait())
+        pending: asyncio.Future | None = None
+        try:
+            while True:
+                pending = asyncio.ensure_future(anext(audio, None))
+                await asyncio.wait({pending, failed}, return_when=asyncio.FIRST_COMPLETED)
+                if not pending.done():
+                    assert self.error is not None
+                    raise self.error
+                piece = pending.result()
+                pending = None
+                if piece is None:
+                    return
+                yield piece
+        finally:
+            failed.cancel()
+            if pending is not None and not pending.done():
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
+            await audio.aclose()
