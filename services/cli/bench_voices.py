@@ -15,7 +15,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Callable, Sequence
 
 from services.cli.bench import BenchRequest, Received, measure
 from services.cli.bench_report import RequestRecord, percentile
@@ -53,7 +53,7 @@ def _ttfa(records: Sequence[RequestRecord]) -> list[float]:
 
 
 async def run(address: str, audio: bytes, transcript: str, texts: Sequence[str], pairs: int, seed: int,
-              warmup: int, timeout: float) -> dict:
+              warmup: int, timeout: float, scrape: Callable[[], tuple[int, float] | None] | None = None) -> dict:
     import grpc
 
     from services.common.pb import speakers_pb2, speakers_pb2_grpc, tts_pb2
@@ -68,7 +68,10 @@ async def run(address: str, audio: bytes, transcript: str, texts: Sequence[str],
         )
         targets = {"inline": VoiceTarget(channel, audio, transcript), "registered": VoiceTarget(channel, None, "", SPEAKER)}
         records: dict[str, list[RequestRecord]] = {name: [] for name in targets}
+        before = None
         for index in range(warmup + pairs):
+            if index == warmup and scrape is not None:
+                before = scrape()
             request = BenchRequest(index, texts[index % len(texts)], seed + index)
             order = list(targets) if index % 2 == 0 else list(reversed(targets))
             for name in order:  # alternate who goes first: neither side always runs on a warmer cache
@@ -76,6 +79,10 @@ async def run(address: str, audio: bytes, transcript: str, texts: Sequence[str],
                 if index >= warmup:
                     records[name].append(record)
     result: dict = {"pairs": pairs, "systems": {}}
+    after = scrape() if scrape is not None else None
+    if before is not None and after is not None and after[0] > before[0]:
+        count = after[0] - before[0]  # only the measured inline requests: no warm-up, no registration
+        result["frontend_prompts"] = (count, (after[1] - before[1]) / count)
     for name, recs in records.items():
         ttfa = _ttfa(recs)
         result["systems"][name] = {
@@ -90,8 +97,8 @@ async def run(address: str, audio: bytes, transcript: str, texts: Sequence[str],
 
 
 def frontend_prompt_seconds(metrics_address: str) -> tuple[int, float] | None:
-    """(prompts encoded, mean seconds each) from the frontend stage's /metrics: the server-side
-    cost a registered speaker skips, free of the client-side noise around time to first audio."""
+    """(prompts encoded, total seconds) from the frontend stage's /metrics: the server-side cost
+    a registered speaker skips, free of the client-side noise around time to first audio."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -106,8 +113,7 @@ def frontend_prompt_seconds(metrics_address: str) -> tuple[int, float] | None:
         for sample in family.samples:
             if sample.name.startswith("cosyvoice_frontend_prompt_duration_seconds_"):
                 values[sample.name.rsplit("_", 1)[1]] = sample.value
-    count = int(values.get("count", 0))
-    return (count, values.get("sum", 0.0) / count) if count else None
+    return int(values.get("count", 0)), values.get("sum", 0.0)
 
 
 def format_result(result: dict) -> str:
@@ -162,11 +168,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             address = children[0].address
             if not wait_serving(address, 600.0):
                 raise SystemExit(f"cosyvoice bench voices: the gateway at {address} did not become SERVING")
-        result = asyncio.run(run(address, audio, transcript, DEFAULT_TEXTS, args.pairs, args.seed, args.warmup,
-                                 args.timeout))
         frontend = next((c for c in children if c.name == "frontend" and c.metrics_address), None)
-        if frontend is not None:
-            result["frontend_prompts"] = frontend_prompt_seconds(frontend.metrics_address)
+        scrape = (lambda: frontend_prompt_seconds(frontend.metrics_address)) if frontend is not None else None
+        result = asyncio.run(run(address, audio, transcript, DEFAULT_TEXTS, args.pairs, args.seed, args.warmup,
+                                 args.timeout, scrape))
     finally:
         stop_all(children, grace=10.0)
     result["config"] = {"address": args.address, "model_dir": str(model_dir) if model_dir else None,
