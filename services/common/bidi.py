@@ -7,9 +7,11 @@ from typing import Any, AsyncIterator
 from services.common.errors import InvalidRequest
 
 
-async def open_stream(requests: AsyncIterator[Any], rpc: str) -> tuple[Any, AsyncIterator[Any]] | None:
-    """(the start message's `start`, an iterator of the later messages' `chunk`), or None when
-    the caller closed the stream without sending anything. Out-of-order messages are
+async def open_stream(
+    requests: AsyncIterator[Any], rpc: str, chunk_field: str = "chunk"
+) -> tuple[Any, AsyncIterator[Any]] | None:
+    """(the start message's `start`, an iterator of the later messages' `chunk_field`), or None
+    when the caller closed the stream without sending anything. Out-of-order messages are
     InvalidRequest naming the rule."""
     messages = requests.__aiter__()
     first = await anext(messages, None)
@@ -20,8 +22,8 @@ async def open_stream(requests: AsyncIterator[Any], rpc: str) -> tuple[Any, Asyn
 
     async def chunks() -> AsyncIterator[Any]:
         async for message in messages:
-            if message.WhichOneof("payload") != "chunk":
-                raise InvalidRequest(f"only the first {rpc} message may set `start`; later ones set `chunk`")
-            yield message.chunk
+            if message.WhichOneof("payload") != chunk_field:
+                raise InvalidRequest(f"only the first {rpc} message may set `start`; later ones set `{chunk_field}`")
+            yield getattr(message, chunk_field)
 
     return first.start, chunks()

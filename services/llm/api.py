@@ -15,6 +15,15 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class BistreamStart:
+    """Opens a text-in streaming generation; the text follows as pieces."""
+
+    prompt_text: str = ""
+    prompt_speech_tokens: tuple[int, ...] = ()
+    sampling: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     """Every token sampled since the previous event: one per decode step while the caller
     keeps up, several when it fell behind (so a slow reader costs fewer, larger messages)."""
@@ -27,3 +36,5 @@ class TokenEvent:
 
 class TokenGenerator(Protocol):
     def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]: ...
+
+    def generate_bistream(self, start: BistreamStart, pieces: AsyncIterator[str]) -> AsyncIterator[TokenEvent]: ...

@@ -18,8 +18,9 @@ from typing import AsyncIterator, Callable, TypeVar
 from services.common.compute_thread import compute_executor
 from services.common.errors import InvalidRequest, Overloaded, ServingError
 from services.common.modeldir.tokenizer import CosyVoiceTokenizer
-from services.llm.api import GenerationRequest, TokenEvent
+from services.llm.api import BistreamStart, GenerationRequest, TokenEvent
 from services.llm.engine.llm_engine import LLMEngine, StepOutput
+from services.llm.engine.scheduler import SchedulerError
 from services.llm.metrics import LLMMetrics
 from services.llm.model.prompt import LLMPrompt, SynthesisMode, build_prompt
 from services.llm.model.sampling import SamplingParams
@@ -123,6 +124,74 @@ class AsyncLLMEngine:
             self.metrics.streams.set(len(self._queues))
             if not finished:  # cancelled or abandoned: free the KV slot now
                 await asyncio.shield(self._call(self.engine.abort_request, request_id))
+                self._work.set()  # the freed slot may admit a waiting request
+
+    async def generate_bistream(self, start: BistreamStart, pieces: AsyncIterator[str]) -> AsyncIterator[TokenEvent]:
+        """Token events of a text-in streaming request whose text arrives as `pieces`
+        (each tokenized on its own; empty strings are skipped; the iterator's end is the end
+        of text). An error raised by `pieces` ends the stream with that error. Leaving the
+        iterator early aborts the request and frees its slot at once."""
+        prompt_ids = self.tokenizer.encode(start.prompt_text) if start.prompt_text else []
+        params = self.sampling_params(start.sampling)
+        if self.engine.scheduler.num_waiting >= self.max_waiting_requests:
+            raise Overloaded(f"{self.engine.scheduler.num_waiting} requests already wait for the LLM")
+        request_id = uuid.uuid4().hex
+        queue: asyncio.Queue[StepOutput | BaseException] = asyncio.Queue()
+        self._queues[request_id] = queue
+        self.metrics.streams.set(len(self._queues))
+        finished = False
+        feeder: asyncio.Task | None = None
+        try:
+            try:
+                await self._call(
+                    self.engine.add_bistream_request, request_id, prompt_ids, start.prompt_speech_tokens, params
+                )
+            except ValueError as exc:  # prompt ids or sampling validation
+                raise InvalidRequest(str(exc)) from None
+            self.metrics.prompt_tokens.inc(len(prompt_ids) + len(start.prompt_speech_tokens))
+            feeder = asyncio.create_task(self._feed_text(request_id, pieces, queue), name=f"llm-text-{request_id}")
+            while not finished:
+                outputs = [await queue.get()]
+                while not queue.empty() and isinstance(outputs[-1], StepOutput) and not outputs[-1].finished:
+                    outputs.append(queue.get_nowait())
+                if isinstance(outputs[-1], BaseException):
+                    raise outputs[-1]  # the request still holds engine state: aborted below
+                tokens = tuple(o.token for o in outputs if isinstance(o, StepOutput) and o.token is not None)
+                last = outputs[-1]
+                finished = last.finished
+                if tokens or finished:
+                    yield TokenEvent(tokens, finished, last.finish_reason, 0)
+        finally:
+            if feeder is not None:
+                feeder.cancel()
+                await asyncio.gather(feeder, return_exceptions=True)
+            self._queues.pop(request_id, None)
+            self.metrics.streams.set(len(self._queues))
+            if not finished:
+                await asyncio.shield(self._call(self.engine.abort_request, request_id))
+                self._work.set()
+
+    async def _feed_text(self, request_id: str, pieces: AsyncIterator[str], queue: asyncio.Queue) -> None:
+        """Hand the pieces to the engine as they arrive; failures go to the response stream."""
+        try:
+            has_text = False
+            async for piece in pieces:
+                if not piece:
+                    continue
+                ids = self.tokenizer.encode(piece)
+                has_text = has_text or bool(ids)
+                await self._call(self.engine.push_text, request_id, ids)
+                self._work.set()
+            if not has_text:
+                raise InvalidRequest("text: the stream ended without any text to speak")
+            await self._call(self.engine.end_text, request_id)
+            self._work.set()
+        except SchedulerError:
+            return  # the request already finished (e.g. its length cap): later text is moot
+        except ValueError as exc:
+            queue.put_nowait(InvalidRequest(str(exc)))
+        except Exception as exc:  # noqa: BLE001 - e.g. the caller's stream failed: end the response
+            queue.put_nowait(exc)
 
     async def _fail_all(self) -> None:
         """Drop every request from the engine and end its stream with an internal error."""
@@ -133,7 +202,9 @@ class AsyncLLMEngine:
     def _step(self) -> tuple[list[StepOutput], bool, int, int]:
         outputs = self.engine.step()
         scheduler = self.engine.scheduler
-        return outputs, self.engine.has_unfinished(), scheduler.num_running, scheduler.num_waiting
+        # has_work, not has_unfinished: bistream requests waiting for text must not spin the
+        # loop; their next text (or a freed slot) sets the work event again.
+        return outputs, self.engine.has_work(), scheduler.num_running, scheduler.num_waiting
 
     async def _run(self) -> None:
         while True:

@@ -21,9 +21,10 @@ class LLMServiceConfig(StageConfig):
     max_waiting_requests: int = setting(256, "queued requests before RESOURCE_EXHAUSTED")
     max_text_chars: int = setting(4000, "longest text, in characters")
     max_prompt_speech_tokens: int = setting(1500, "longest voice prompt, in speech tokens (25 per second)")
+    max_bistream_text_chars: int = setting(16000, "longest total text of one GenerateBistream, in characters")
 
     def validate(self) -> None:
         super().validate()
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "max_waiting_requests",
-                     "max_text_chars", "max_prompt_speech_tokens"):
+                     "max_text_chars", "max_prompt_speech_tokens", "max_bistream_text_chars"):
             check(getattr(self, name) >= 1, self, name, "must be >= 1")

@@ -46,7 +46,9 @@ def load_engine(config: LLMServiceConfig):  # noqa: ANN202 - torch types stay ou
 def create_app(config: LLMServiceConfig, registry: CollectorRegistry | None = None) -> StageApp:
     registry = registry if registry is not None else make_registry()
     metrics = LLMMetrics(registry)
-    servicer = SpeechTokenGeneratorServicer(config.max_text_chars, config.max_prompt_speech_tokens)
+    servicer = SpeechTokenGeneratorServicer(
+        config.max_text_chars, config.max_prompt_speech_tokens, config.max_bistream_text_chars
+    )
     host = ServiceHost(
         config, [ServiceBinding(SERVICE_NAME, servicer, llm_pb2_grpc.add_SpeechTokenGeneratorServicer_to_server)],
         registry,
