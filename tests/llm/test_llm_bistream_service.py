@@ -4,6 +4,7 @@ batching with Generate, cancel while waiting for text, INVALID_ARGUMENT cases.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import grpc
 import pytest
@@ -78,7 +79,7 @@ async def test_tokens_arrive_before_the_last_piece_and_equal_the_in_process_engi
     model_dir = ModelDir.open(tiny_model_dir)
     tokenizer = CosyVoiceTokenizer.from_dir(model_dir.tokenizer_dir)
     engine = LLMEngine.from_model_dir(model_dir, config=EngineConfig(max_num_seqs=1, max_model_len=4096))
-    params = engine.default_params.__class__(**{**engine.default_params.__dict__, "seed": 3})
+    params = dataclasses.replace(engine.default_params, seed=3)
     expected = list(engine.generate_bistream([tokenizer.encode(p) for p in PIECES], params=params))
     assert tokens == expected
 
