@@ -1,6 +1,7 @@
-"""`cosyvoice` — serve a stage, run the whole stack, synthesize, benchmark, make a tiny model.
+"""`cosyvoice` — serve a stage, run the whole stack, synthesize, manage voices, benchmark,
+make a tiny model.
 
-Subcommands import their own modules lazily, so `cosyvoice synth` never imports torch.
+Subcommands import their own modules lazily, so the clients (`synth`, `speakers`) never import torch.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ commands:
   serve {llm,flow,vocoder,frontend,gateway} [flags]
                                             run one service (flags or COSYVOICE_<SERVICE>_* env vars)
   up [--model-dir DIR] [--device cpu|cuda]  run the whole stack locally as five processes
-  synth TEXT -o OUT.wav [--address HOST:PORT]  synthesize through a running gateway
+  synth TEXT -o OUT.wav [--mode M] [--speaker ID | --prompt-audio FILE [--prompt-text TEXT]]
+        [--instruct TEXT] [--speed X] [--no-text-frontend] [--seed N] [--address HOST:PORT]
+                                            synthesize through a running gateway
+  speakers add NAME --prompt-audio FILE --prompt-text TEXT [--overwrite] [--no-text-frontend]
+                                            register a voice on a running gateway
+  speakers list | rm NAME                   list the voices (presets too) / remove a registered one
+  speakers import FILE [--overwrite]        register every voice of a spk2info.pt file
+  speakers export FILE [--schema official|async] [--name NAME ...]
+                                            write registered voices as a spk2info.pt file
+                                            (every speakers command takes --address HOST:PORT)
   bench [options]                           load-test the gateway against the in-process monolith
   make-tiny-model OUT_DIR [--seed N]        write a random-weight model in the official layout
 
@@ -55,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from services.cli.synth import main as synth_main
 
         synth_main(rest)
+    elif command == "speakers":
+        from services.cli.speakers import main as speakers_main
+
+        speakers_main(rest)
     elif command == "bench":
         from services.cli.bench import main as bench_main
 

@@ -1,12 +1,19 @@
-"""`cosyvoice synth "text" -o out.wav`: stream from a running gateway into a WAV file."""
+"""`cosyvoice synth "text" -o out.wav`: synthesize through a running gateway into a WAV file.
+
+A client only: grpc and the generated stubs, no torch. The helpers above `main` (the default
+address, one-line errors, the gateway channel) are shared with `cosyvoice speakers`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import stat
 import sys
 import time
 import wave
-from typing import Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 import grpc
 
@@ -14,54 +21,223 @@ from services.common.pb import tts_pb2, tts_pb2_grpc
 from services.common.server import CHANNEL_OPTIONS
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+SYNTH_TIMEOUT_SECONDS = 600.0
+# After an UNAVAILABLE, how long to wait for the channel to connect before calling the
+# gateway unreachable (an UNAVAILABLE the gateway itself sent comes over a READY channel).
+REACH_PROBE_SECONDS = 0.5
+MODES = {
+    "sft": tts_pb2.SYNTHESIS_MODE_SFT,
+    "zero_shot": tts_pb2.SYNTHESIS_MODE_ZERO_SHOT,
+    "cross_lingual": tts_pb2.SYNTHESIS_MODE_CROSS_LINGUAL,
+    "instruct2": tts_pb2.SYNTHESIS_MODE_INSTRUCT2,
+}
 
 
-def synthesize_to_wav(address: str, text: str, out_path: str, speaker_id: str = "", seed: int | None = None,
-                      timeout: float = 600.0) -> dict[str, float]:
-    """Stream PCM into `out_path`; returns time to first audio, wall time, audio seconds, RTF."""
+class CliError(Exception):
+    """An error the user can act on; `run_cli` prints its message as one line and exits 1."""
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def run_cli(prog: str, body: Callable[[], None]) -> None:
+    """Run `body`, turning every error a user can reach into one stderr line and exit 1."""
+    try:
+        body()
+    except CliError as error:
+        print(f"{prog}: {one_line(str(error))}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _is_connected(channel: grpc.Channel) -> bool:
+    future = grpc.channel_ready_future(channel)
+    try:
+        future.result(timeout=REACH_PROBE_SECONDS)
+        return True
+    except grpc.FutureTimeoutError:
+        return False
+    finally:
+        future.cancel()
+
+
+@contextlib.contextmanager
+def gateway_channel(address: str) -> Iterator[grpc.Channel]:
+    """A channel to the gateway; an RPC error raised inside becomes a one-line CliError."""
+    try:
+        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    except (ValueError, RuntimeError) as error:
+        raise CliError(f"bad --address {address!r}: {error}") from None
+    with channel:
+        try:
+            yield channel
+        except grpc.RpcError as error:
+            code = error.code()
+            # A refused connection and a gateway reporting a stage down are both UNAVAILABLE;
+            # only the channel state tells them apart.
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not _is_connected(channel):
+                raise CliError(f"cannot reach the gateway at {address} ({code.name})") from None
+            raise CliError(f"{code.name}: {error.details()}") from None
+
+
+def read_input(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as error:
+        raise CliError(f"cannot read {what} {path!r}: {error.strerror or error}") from None
+
+
+class WavSink:
+    """16-bit mono PCM into a WAV file, chunk by chunk as they arrive. The file is opened
+    up front (an unwritable path fails before any synthesis) and removed if the call fails,
+    so an error never leaves a truncated WAV behind."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.num_samples = 0
+        self.sample_rate = 0
+        self._wav: wave.Wave_write | None = None
+        try:
+            self._file: BinaryIO = open(path, "wb")
+        except OSError as error:
+            raise CliError(f"cannot write {path!r}: {error.strerror or error}") from None
+
+    def write(self, response: tts_pb2.SynthesizeResponse) -> None:
+        if self._wav is None:  # the header needs the rate, which the first response carries
+            self.sample_rate = response.sample_rate
+            self._wav = wave.open(self._file, "wb")
+            self._wav.setnchannels(1)
+            self._wav.setsampwidth(2)
+            self._wav.setframerate(self.sample_rate)
+        elif response.sample_rate != self.sample_rate:
+            raise CliError(f"the sample rate changed mid-stream ({self.sample_rate} -> {response.sample_rate})")
+        try:
+            self._wav.writeframes(response.audio)
+            self._file.flush()  # each chunk lands on disk as it arrives
+        except OSError as error:
+            raise CliError(f"cannot write {self.path!r}: {error.strerror or error}") from None
+        self.num_samples += len(response.audio) // 2
+
+    def finish(self) -> None:
+        if self._wav is None:
+            raise CliError("the gateway returned no audio")
+        try:
+            self._wav.close()  # patches the header's sizes
+            self._file.close()
+        except OSError as error:
+            raise CliError(f"cannot write {self.path!r}: {error.strerror or error}") from None
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self._file.close()
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.stat(self.path).st_mode):  # never unlink -o /dev/null or a FIFO
+                os.unlink(self.path)
+
+
+def build_request(args: argparse.Namespace) -> tts_pb2.SynthesizeRequest:
+    """The request the flags describe; conflicting flags are a CliError. The gateway checks
+    everything else (mode rules, speed range), so its messages stay the single source."""
+    if args.prompt_text is not None and args.prompt_audio is None:
+        raise CliError("--prompt-text needs --prompt-audio (it is the transcript of that recording)")
+    if args.speaker and args.prompt_audio is not None:
+        raise CliError("give the voice as --speaker or as --prompt-audio, not both")
+    # The gateway rejects speed with stream=true (as the reference): change speed, get one message.
+    stream = args.speed is None or args.speed == 1.0
     request = tts_pb2.SynthesizeRequest(
-        text=text, speaker_id=speaker_id, encoding=tts_pb2.AUDIO_ENCODING_PCM_S16LE, stream=True
+        text=args.text, encoding=tts_pb2.AUDIO_ENCODING_PCM_S16LE, stream=stream,
+        instruct_text=args.instruct or "",
     )
-    if seed is not None:
-        request.seed = seed
+    if args.prompt_audio is not None:
+        audio = read_input(args.prompt_audio, "prompt audio")
+        request.prompt.CopyFrom(tts_pb2.PromptAudio(audio=audio, text=args.prompt_text or ""))
+    elif args.speaker:
+        request.speaker_id = args.speaker
+    if args.mode is not None:
+        request.mode = MODES[args.mode]
+    if args.seed is not None:
+        request.seed = args.seed
+    if args.speed is not None:
+        request.speed = args.speed
+    if args.no_text_frontend:
+        request.text_frontend = False
+    return request
+
+
+def synthesize_to_wav(address: str, request: tts_pb2.SynthesizeRequest, out_path: str,
+                      timeout: float = SYNTH_TIMEOUT_SECONDS) -> dict[str, float]:
+    """Write the audio into `out_path`; returns time to first audio, wall time, audio seconds, RTF."""
+    sink = WavSink(out_path)
     started = time.perf_counter()
-    first_audio = None
-    num_bytes = 0
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel, wave.open(out_path, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        for response in tts_pb2_grpc.TextToSpeechStub(channel).Synthesize(request, timeout=timeout):
-            if first_audio is None:
-                first_audio = time.perf_counter() - started
-                wav.setframerate(response.sample_rate)
-            wav.writeframes(response.audio)  # each chunk lands on disk as it arrives
-            num_bytes += len(response.audio)
-            sample_rate = response.sample_rate
+    first_audio: float | None = None
+    try:
+        with gateway_channel(address) as channel:
+            for response in tts_pb2_grpc.TextToSpeechStub(channel).Synthesize(request, timeout=timeout):
+                first_audio = first_audio if first_audio is not None else time.perf_counter() - started
+                sink.write(response)
+        sink.finish()
+    except BaseException:
+        sink.discard()
+        raise
     wall = time.perf_counter() - started
-    audio_seconds = num_bytes / 2 / sample_rate if num_bytes else 0.0
+    audio_seconds = sink.num_samples / sink.sample_rate if sink.sample_rate else 0.0
     return {
-        "time_to_first_audio_seconds": first_audio or wall,
+        "time_to_first_audio_seconds": first_audio if first_audio is not None else wall,
         "wall_seconds": wall,
         "audio_seconds": audio_seconds,
         "real_time_factor": wall / audio_seconds if audio_seconds else float("inf"),
     }
 
 
+def _seed(value: str) -> int:
+    seed = int(value)
+    if not 0 <= seed < 2**64:
+        raise argparse.ArgumentTypeError(f"{value} is not in [0, 2^64)")
+    return seed
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cosyvoice synth", description=__doc__.split("\n\n")[0])
+    p.add_argument("text", help="text to speak")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.wav",
+                   help="WAV file to write (16-bit mono), chunk by chunk as streamed audio arrives; "
+                        "removed again if the call fails")
+    p.add_argument("--address", default=DEFAULT_ADDRESS, help=f"gateway host:port (default {DEFAULT_ADDRESS})")
+    p.add_argument("--mode", choices=list(MODES),
+                   help="inference mode (default: the gateway picks: instruct2 with --instruct, zero_shot for "
+                        "a voice with a recording and transcript, cross_lingual for prompt audio alone, else sft)")
+    p.add_argument("--speaker", "--speaker-id", dest="speaker", default="", metavar="ID",
+                   help="a registered or preset speaker (default: the model's first preset)")
+    p.add_argument("--prompt-audio", metavar="FILE",
+                   help="a recording of the voice (WAV, FLAC, OGG/Opus, MP3; <= 30 s)")
+    p.add_argument("--prompt-text", metavar="TEXT",
+                   help="transcript of --prompt-audio (zero_shot needs it; cross_lingual and instruct2 do not use it)")
+    p.add_argument("--instruct", metavar="TEXT", help='instruct2 instruction, e.g. "Speak slowly."')
+    p.add_argument("--speed", type=float, metavar="X",
+                   help="speaking rate in [0.5, 2] (default 1). The gateway changes speed only on non-streaming "
+                        "requests, so a speed other than 1 sends stream=false: the audio arrives as one message "
+                        "at the end instead of chunk by chunk")
+    p.add_argument("--no-text-frontend", action="store_true",
+                   help="send the text as is: no normalisation or sentence splitting (special tokens pass through)")
+    p.add_argument("--seed", type=_seed, default=None, help="same seed, same audio (default: a fresh one)")
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="cosyvoice synth", description=__doc__)
-    parser.add_argument("text")
-    parser.add_argument("-o", "--output", required=True, help="WAV file to write")
-    parser.add_argument("--address", default=DEFAULT_ADDRESS, help=f"gateway host:port (default {DEFAULT_ADDRESS})")
-    parser.add_argument("--speaker-id", default="", help="preset speaker (default: the model's)")
-    parser.add_argument("--seed", type=int, default=None, help="same seed, same audio")
-    args = parser.parse_args(argv)
-    try:
-        stats = synthesize_to_wav(args.address, args.text, args.output, args.speaker_id, args.seed)
-    except grpc.RpcError as error:
-        print(f"cosyvoice synth: {error.code().name}: {error.details()}", file=sys.stderr)
-        raise SystemExit(1) from None
-    print(
-        f"wrote {args.output}: {stats['audio_seconds']:.2f} s of audio; "
-        f"time to first audio {stats['time_to_first_audio_seconds'] * 1000:.0f} ms; "
-        f"real-time factor {stats['real_time_factor']:.3f}"
-    )
+    args = parser().parse_args(argv)
+
+    def body() -> None:
+        request = build_request(args)
+        stats = synthesize_to_wav(args.address, request, args.output)
+        delivery = "streamed" if request.stream else "one message (speed needs stream=false)"
+        print(
+            f"wrote {args.output}: {stats['audio_seconds']:.2f} s of audio, {delivery}; "
+            f"time to first audio {stats['time_to_first_audio_seconds'] * 1000:.0f} ms; "
+            f"real-time factor {stats['real_time_factor']:.3f}"
+        )
+
+    run_cli("cosyvoice synth", body)

@@ -12,6 +12,8 @@ from tests.conftest import ROOT
 TORCH_FREE = [
     "gateway.server",
     "services.cli.synth",
+    "services.cli.speakers",
+    "services.cli.main",
     "services.llm.servicer",
     "services.flow.servicer",
     "services.vocoder.servicer",
