@@ -29,6 +29,8 @@ from tests.gateway.voice_helpers import (
     frontend_transcript,
     library_audio,
     prompt_sample,
+    shorten_speech,
+    speaker_features,
     speaker_names,
     speakers_call,
     stage_streams,
@@ -57,22 +59,17 @@ FRAME = 480  # samples per mel frame at 24 kHz; 2 frames per speech token
 REGISTERED = "alice"
 
 
-def shorten_speech(params):
-    return dataclasses.replace(params, max_token_text_ratio=MAX_RATIO)
-
-
 @pytest.fixture(scope="module")
 def library(tiny_model_dir):
     library = CosyVoicePipeline.from_model_dir(tiny_model_dir)
-    library.engine.default_params = shorten_speech(library.engine.default_params)
+    library.engine.default_params = dataclasses.replace(library.engine.default_params, max_token_text_ratio=MAX_RATIO)
     return library
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(tiny_model_dir):
     async with running_stack(tiny_model_dir) as stack:
-        engine = stack.llm.servicer.engine.engine  # the LLM stage's LLMEngine (behind AsyncLLMEngine)
-        engine.default_params = shorten_speech(engine.default_params)
+        shorten_speech(stack, MAX_RATIO)
         audio, transcript = prompt_sample(tiny_model_dir)
         await speakers_call(
             stack.address, "RegisterSpeaker",
@@ -92,12 +89,7 @@ def inline(sample, with_text=True):
 
 
 async def registered_features(stack) -> Features:
-    speaker = await speakers_call(
-        stack.address, "GetSpeaker", speakers_pb2.GetSpeakerRequest(name=REGISTERED, include_features=True)
-    )
-    from services.common.speaker_protos import prompt_from_proto
-
-    return Features(*prompt_from_proto(speaker.features.prompt, "features"))
+    return await speaker_features(stack.address, REGISTERED)
 
 
 def assert_streamed(responses):
@@ -141,9 +133,7 @@ async def test_zero_shot_is_the_default_mode_for_a_prompt_with_text(stack, sampl
 async def test_registration_stores_exactly_what_inline_processing_computes(stack, sample):
     stored = await registered_features(stack)
     computed = await frontend_features(stack, sample[0])
-    for name in ("tokens", "mel", "embedding"):
-        a, b = getattr(stored, name), getattr(computed, name)
-        assert a.dtype == b.dtype and np.array_equal(a, b), name
+    assert stored.same(computed)
     inline_audio = await synthesize(stack.address, text=TEXT, prompt=inline(sample), seed=7, encoding=F32)
     by_name = await synthesize(stack.address, text=TEXT, speaker_id=REGISTERED, seed=7, encoding=F32)
     assert len(inline_audio) == len(by_name) == 1
@@ -210,8 +200,7 @@ async def test_a_model_without_spk2info(no_presets_model_dir):
     assert not (no_presets_model_dir / "spk2info.pt").exists()
     sample = prompt_sample(no_presets_model_dir)
     async with running_stack(no_presets_model_dir) as other:
-        engine = other.llm.servicer.engine.engine
-        engine.default_params = shorten_speech(engine.default_params)
+        shorten_speech(other, MAX_RATIO)
         assert await speaker_names(other.address) == []
         responses = await synthesize(other.address, text=TEXT, prompt=inline(sample), stream=True, seed=1)
         assert responses[-1].is_final and sum(len(r.audio) for r in responses) > 0

@@ -12,11 +12,25 @@ import numpy as np
 import soundfile
 
 from services.common.pb import speakers_pb2, speakers_pb2_grpc, tts_pb2, tts_pb2_grpc
+from services.common.speaker_protos import prompt_from_proto
 from services.flow.api import VoicePrompt
 from services.llm.model.prompt import build_prompt
 from services.pipeline.library import CosyVoicePipeline
 from services.tinymodel.prompt_audio import PROMPT_TEXT_FILE, PROMPT_WAV
 from tests.stack import Stack
+
+
+def shorten_speech(stack: Stack, max_ratio: float) -> None:
+    """Cap the LLM stage's speech length at max_ratio × text tokens (its engine's default
+    sampling parameters). The random-weight LLM never samples EOS, so it always runs to the
+    cap; 20 (the default) makes 12 s of audio for a short sentence, slow to vocode on 2 cores."""
+    engine = stack.llm.servicer.engine.engine  # the LLMEngine behind the stage's AsyncLLMEngine
+    engine.default_params = dataclasses.replace(engine.default_params, max_token_text_ratio=max_ratio)
+
+
+async def speaker_features(address: str, name: str) -> "Features":
+    speaker = await speakers_call(address, "GetSpeaker", speakers_pb2.GetSpeakerRequest(name=name, include_features=True))
+    return Features(*prompt_from_proto(speaker.features.prompt, "features"))
 
 
 def prompt_sample(model_dir: Path) -> tuple[bytes, str]:
@@ -104,9 +118,17 @@ def stage_work(stack: Stack) -> dict[str, float]:
 
 @dataclasses.dataclass(frozen=True)
 class Features:
+    """A voice's conditioning: speech tokens, prompt mel, x-vector."""
+
     tokens: np.ndarray
     mel: np.ndarray
     embedding: np.ndarray
+
+    def same(self, other: "Features") -> bool:
+        return all(
+            a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+            for a, b in ((self.tokens, other.tokens), (self.mel, other.mel), (self.embedding, other.embedding))
+        )
 
     @property
     def voice_prompt(self) -> VoicePrompt:
