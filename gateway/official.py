@@ -33,26 +33,30 @@ def official_options(request: cosyvoice_pb2.Request) -> SynthesisOptions:
     seed = secrets.randbits(63)
     if kind == "sft_request":
         body = request.sft_request
-        return SynthesisOptions(body.tts_text, VoiceSpec(speaker_id=body.spk_id, field="sft_request"), Mode.SFT,
-                                seed=seed, stream=False)
+        voice = VoiceSpec(speaker_id=body.spk_id, field="sft_request", speaker_field="sft_request.spk_id")
+        return SynthesisOptions(body.tts_text, voice, Mode.SFT, seed=seed, stream=False,
+                                text_field="sft_request.tts_text")
     if kind == "zero_shot_request":
         body = request.zero_shot_request
         voice = VoiceSpec(prompt_audio=body.prompt_audio, prompt_text=body.prompt_text,
                           pcm16_sample_rate=OFFICIAL_PROMPT_SAMPLE_RATE, field="zero_shot_request.prompt")
         if not body.prompt_text.strip():
             raise InvalidRequest("zero_shot_request.prompt_text: the transcript of prompt_audio is required")
-        return SynthesisOptions(body.tts_text, voice, Mode.ZERO_SHOT, seed=seed, stream=False)
+        return SynthesisOptions(body.tts_text, voice, Mode.ZERO_SHOT, seed=seed, stream=False,
+                                text_field="zero_shot_request.tts_text")
     if kind == "cross_lingual_request":
         body = request.cross_lingual_request
         voice = VoiceSpec(prompt_audio=body.prompt_audio, pcm16_sample_rate=OFFICIAL_PROMPT_SAMPLE_RATE,
                           field="cross_lingual_request.prompt")
-        return SynthesisOptions(body.tts_text, voice, Mode.CROSS_LINGUAL, seed=seed, stream=False)
+        return SynthesisOptions(body.tts_text, voice, Mode.CROSS_LINGUAL, seed=seed, stream=False,
+                                text_field="cross_lingual_request.tts_text")
     if kind == "instruct_request":
         body = request.instruct_request
         if not body.instruct_text.strip():
             raise InvalidRequest("instruct_request.instruct_text: must not be empty")
-        return SynthesisOptions(body.tts_text, VoiceSpec(speaker_id=body.spk_id, field="instruct_request"),
-                                Mode.INSTRUCT2, instruct_text=body.instruct_text, seed=seed, stream=False)
+        voice = VoiceSpec(speaker_id=body.spk_id, field="instruct_request", speaker_field="instruct_request.spk_id")
+        return SynthesisOptions(body.tts_text, voice, Mode.INSTRUCT2, instruct_text=body.instruct_text, seed=seed,
+                                stream=False, text_field="instruct_request.tts_text")
     raise InvalidRequest("Request: set one of sft_request, zero_shot_request, cross_lingual_request, instruct_request")
 
 

@@ -30,6 +30,7 @@ class VoiceSpec:
     prompt_text: str = ""
     pcm16_sample_rate: int = 0
     field: str = "prompt"  # the request's name of the inline prompt, for messages
+    speaker_field: str = "speaker_id"  # the request's name of the speaker id, for messages
 
     @property
     def given(self) -> str:
@@ -48,6 +49,7 @@ class SynthesisOptions:
     stream: bool = True
     speed: float | None = None
     text_frontend: bool = True
+    text_field: str = "text"  # the request's name of the text, for messages
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class Synthesizer:
 
     async def _voice(self, spec: VoiceSpec, normalize: bool, timeout: float | None) -> Voice:
         if spec.prompt_audio is None:
-            return await self.voices.named(spec.speaker_id)
+            return await self.voices.named(spec.speaker_id, spec.speaker_field)
         if not spec.prompt_audio:
             raise InvalidRequest(f"{spec.field}.audio: must not be empty")
         encode = self.frontend.encode_prompt(
@@ -91,7 +93,7 @@ class Synthesizer:
     ) -> SynthesisPlan:
         """Validate everything a stage would reject, before any stage starts work."""
         if not text_stream:
-            self.check_text(options.text)
+            self.check_text(options.text, options.text_field)
         speed = check_speed(options.speed, options.stream)
         if options.voice.prompt_audio is not None:  # contradictions first: encoding costs tens of ms
             choose_mode(options.mode, VoiceFacts("prompt", True, bool(options.voice.prompt_text.strip())),
@@ -104,7 +106,9 @@ class Synthesizer:
                 voice_task, self.frontend.segments(options.text, True, timeout)
             )
             if not segments:
-                raise InvalidRequest("text: nothing to speak after normalisation (send it with text_frontend=false)")
+                raise InvalidRequest(
+                    f"{options.text_field}: nothing to speak after normalisation (send it with text_frontend=false)"
+                )
         else:
             voice, segments = await voice_task, [options.text]
         facts = VoiceFacts(options.voice.given, voice.has_recording, bool(voice.prompt_text))
