@@ -158,7 +158,14 @@ class SpeakersServicer(speakers_pb2_grpc.SpeakersServicer):
         if schema is None:
             raise InvalidRequest(f"schema: unknown value {request.schema}")
         if request.names:
-            records = [await self.voices.record(name, "names") for name in request.names]
+            records = []
+            for name in request.names:
+                if name in self.voices.presets:  # they belong to the model, and would not import back
+                    raise InvalidRequest(f"names: {name!r} is a preset speaker; only registered speakers are exported")
+                record = await self.voices.in_store(self.voices.store.get, name)
+                if record is None:
+                    raise NotFound(f"names: {name!r} is not a registered speaker")
+                records.append(record)
         else:
             records = await self.voices.in_store(self.voices.store.list)
         if not records:

@@ -75,7 +75,10 @@ def decode_audio(data: bytes, field: str = "prompt_audio") -> DecodedAudio:
         # float32 is what torchaudio asks soundfile for; libsndfile scales PCM_16 by 1/32768.
         frames, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as exc:  # noqa: BLE001 - LibsndfileError, TypeError, RuntimeError, ...
-        raise InvalidRequest(f"{field}: cannot decode the audio ({DECODE_HINT}): {_one_line(str(exc))}") from None
+        # libsndfile's own reason ("Format not recognised."), not str(exc): that names the
+        # BytesIO object by its memory address, which has no place in a client's message.
+        reason = getattr(exc, "error_string", None) or type(exc).__name__
+        raise InvalidRequest(f"{field}: cannot decode the audio ({DECODE_HINT}): {_one_line(str(reason))}") from None
     if frames.ndim != 2 or frames.shape[1] < 1:
         raise InvalidRequest(f"{field}: cannot decode the audio ({DECODE_HINT}): it has no channels")
     return DecodedAudio(_to_mono(frames), int(sample_rate))
