@@ -123,6 +123,10 @@ def ensure_model_dir(model_dir: str | None) -> Path:
 
         print(f"no --model-dir: writing the random-weight tiny model to {DEFAULT_TINY_DIR} (it makes noise, not speech)")
         write_tiny_model(DEFAULT_TINY_DIR)
+    from services.tinymodel.prompt_audio import PROMPT_WAV, write_prompt_sample
+
+    if not (DEFAULT_TINY_DIR / PROMPT_WAV).is_file():  # a tiny model cached by an older version
+        write_prompt_sample(DEFAULT_TINY_DIR)
     return DEFAULT_TINY_DIR
 
 
