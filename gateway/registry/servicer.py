@@ -140,15 +140,12 @@ class SpeakersServicer(speakers_pb2_grpc.SpeakersServicer):
             await self.voices.in_store(self._put_all, records, request.overwrite)
         except SpeakerExists as exc:  # registered meanwhile by another call
             raise AlreadyExists(f"spk2info: speaker {exc.name!r} already exists (set overwrite to replace it)") from None
+        except ValueError as exc:  # e.g. one name twice in the file
+            raise InvalidRequest(f"spk2info: {exc}") from None
         return speakers_pb2.ImportSpeakersResponse(names=[r.name for r in records])
 
     def _put_all(self, records: list[SpeakerRecord], overwrite: bool) -> None:
-        put_many = getattr(self.voices.store, "put_many", None)
-        if put_many is not None:  # one transaction where the store offers it
-            put_many(records, overwrite=overwrite)
-            return
-        for record in records:
-            self.voices.store.put(record, overwrite=overwrite)
+        self.voices.store.put_many(records, overwrite=overwrite)  # one transaction: all or nothing
 
     @map_errors
     async def ExportSpeakers(

@@ -16,7 +16,7 @@ import builtins
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -71,6 +71,10 @@ class SpeakerStore(Protocol):
         ValueError if the record is invalid. Returns only once the write is durable."""
         ...
 
+    def put_many(self, records: Sequence[SpeakerRecord], *, overwrite: bool = False) -> None:
+        """`put` for several records as one transaction: all are stored, or none is."""
+        ...
+
     def delete(self, name: str) -> bool:
         """Remove `name`; False if there was no such speaker."""
         ...
@@ -101,12 +105,20 @@ class MemorySpeakerStore:
             return [self._records[name] for name in sorted(self._records)]
 
     def put(self, record: SpeakerRecord, *, overwrite: bool = False) -> None:
-        validate(record)
-        stored = frozen_copy(record)  # the caller's arrays stay the caller's
+        self.put_many([record], overwrite=overwrite)
+
+    def put_many(self, records: Sequence[SpeakerRecord], *, overwrite: bool = False) -> None:
+        for record in records:
+            validate(record)
+        _check_unique(records)
+        stored = [frozen_copy(record) for record in records]  # the caller's arrays stay the caller's
         with self._lock:
-            if not overwrite and record.name in self._records:
-                raise SpeakerExists(record.name)
-            self._records[record.name] = stored
+            if not overwrite:
+                taken = next((r.name for r in records if r.name in self._records), None)
+                if taken is not None:
+                    raise SpeakerExists(taken)
+            for record in stored:
+                self._records[record.name] = record
 
     def delete(self, name: str) -> bool:
         with self._lock:
@@ -206,22 +218,29 @@ class SqliteSpeakerStore:
         return [self._from_row(row) for row in rows]
 
     def put(self, record: SpeakerRecord, *, overwrite: bool = False) -> None:
-        validate(record)
-        row = _to_row(record)
+        self.put_many([record], overwrite=overwrite)
+
+    def put_many(self, records: Sequence[SpeakerRecord], *, overwrite: bool = False) -> None:
+        for record in records:
+            validate(record)
+        _check_unique(records)
+        rows = [_to_row(record) for record in records]
         verb = "INSERT OR REPLACE" if overwrite else "INSERT"
-        statement = f"{verb} INTO speakers ({_COLUMNS}) VALUES ({', '.join('?' * len(row))})"
+        statement = f"{verb} INTO speakers ({_COLUMNS}) VALUES ({', '.join('?' * len(rows[0]))})" if rows else ""
 
         def transaction(conn: sqlite3.Connection) -> None:
             # IMMEDIATE takes the write lock up front, so "is the name free" and the insert are
             # one atomic step even against another process sharing the file.
             conn.execute("BEGIN IMMEDIATE")
             try:
-                try:
-                    conn.execute(statement, row)
-                except sqlite3.IntegrityError:
-                    raise SpeakerExists(record.name) from None
+                for record, row in zip(records, rows):
+                    try:
+                        conn.execute(statement, row)
+                    except sqlite3.IntegrityError:
+                        raise SpeakerExists(record.name) from None
                 if self._before_commit is not None:
-                    self._before_commit(conn, record)
+                    for record in records:
+                        self._before_commit(conn, record)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -263,6 +282,13 @@ class SqliteSpeakerStore:
         except ValueError as exc:
             raise SpeakerStoreError(f"speaker database {self.path}: speaker {name!r} is damaged: {exc}") from exc
         return record
+
+
+def _check_unique(records: Sequence[SpeakerRecord]) -> None:
+    names = [r.name for r in records]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate is not None:
+        raise ValueError(f"name: {duplicate!r} appears twice in one write")
 
 
 def _to_row(record: SpeakerRecord) -> tuple:

@@ -295,3 +295,29 @@ def test_writer_killed_mid_transaction_leaves_the_last_commit(tmp_path, mode):
         store.put(make_record("B", seed=2))  # and the file is writable again
     with SqliteSpeakerStore(db) as store:
         assert [r.name for r in store.list()] == ["A", "B"]
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_put_many_stores_all_or_nothing(tmp_path, kind):
+    from gateway.registry.store import MemorySpeakerStore, SqliteSpeakerStore
+
+    store = MemorySpeakerStore() if kind == "memory" else SqliteSpeakerStore(tmp_path / "s.db")
+    store.put(_put_many_record("b"))
+    with pytest.raises(SpeakerExists):
+        store.put_many([_put_many_record("a"), _put_many_record("b")])
+    assert [r.name for r in store.list()] == ["b"]  # "a" was not written either
+    with pytest.raises(ValueError, match="name: 'c' appears twice in one write"):
+        store.put_many([_put_many_record("c"), _put_many_record("c")])
+    store.put_many([_put_many_record("a"), _put_many_record("b")], overwrite=True)
+    assert [r.name for r in store.list()] == ["a", "b"]
+    store.close()
+
+
+def _put_many_record(name: str):
+    import numpy as np
+
+    from services.common.speakers import SpeakerRecord
+
+    tokens = np.arange(4, dtype=np.int32)
+    mel = np.zeros((8, 80), np.float32)
+    return SpeakerRecord(name, "hello", tokens, mel, np.ones(192, np.float32), created_at=1.0)
