@@ -47,7 +47,7 @@ def choose_mode(requested: Mode | None, voice: VoiceFacts, instruct_text: str) -
             requested = Mode.INSTRUCT2
         elif voice.has_recording and voice.has_transcript:
             requested = Mode.ZERO_SHOT
-        elif voice.given == "prompt":
+        elif voice.has_recording:  # a recording without its transcript (inline, or imported so)
             requested = Mode.CROSS_LINGUAL
         else:
             requested = Mode.SFT

@@ -98,7 +98,12 @@ class Synthesizer:
         if options.voice.prompt_audio is not None:  # contradictions first: encoding costs tens of ms
             choose_mode(options.mode, VoiceFacts("prompt", True, bool(options.voice.prompt_text.strip())),
                         options.instruct_text)
-        voice_task = self._voice(options.voice, options.text_frontend, timeout)
+        if options.voice.prompt_audio is None:
+            # A name is looked up first (microseconds): an unknown speaker costs the stages nothing.
+            voice_task = asyncio.ensure_future(self._voice(options.voice, options.text_frontend, timeout))
+            await asyncio.wait({voice_task})
+        else:  # an inline recording is encoded while the text is normalised
+            voice_task = self._voice(options.voice, options.text_frontend, timeout)
         if text_stream:
             voice, segments = await voice_task, [""]
         elif options.text_frontend:
@@ -106,9 +111,8 @@ class Synthesizer:
                 voice_task, self.frontend.segments(options.text, True, timeout)
             )
             if not segments:
-                raise InvalidRequest(
-                    f"{options.text_field}: nothing to speak after normalisation (send it with text_frontend=false)"
-                )
+                advice = " (send it with text_frontend=false)" if options.text_field == "text" else ""
+                raise InvalidRequest(f"{options.text_field}: nothing to speak after normalisation{advice}")
         else:
             voice, segments = await voice_task, [options.text]
         facts = VoiceFacts(options.voice.given, voice.has_recording, bool(voice.prompt_text))

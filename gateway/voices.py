@@ -19,11 +19,10 @@ from gateway.registry.store import SpeakerStore
 from services.common.errors import InvalidRequest, NotFound
 from services.common.pb import common_pb2
 from services.common.speaker_protos import prompt_from_proto, prompt_to_proto
-from services.common.speakers import SpeakerRecord
+from services.common.speakers import MAX_NAME_CHARS, SpeakerRecord
 from services.common.tensors import to_proto
 
 T = TypeVar("T")
-MAX_NAME_CHARS = 256
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ async def test_add_list_synth_export_rm_import(tiny_model_dir, tmp_path):
         assert_error(await cosyvoice("speakers", "export", str(unwritable), *at),
                      f"cosyvoice speakers: cannot write {str(unwritable)!r}: No such file or directory")
         assert_error(await cosyvoice("speakers", "export", str(tmp_path / "y.pt"), "--name", "carol", *at),
-                     "cosyvoice speakers: NOT_FOUND: names: 'carol' is not a registered or preset speaker")
+                     "cosyvoice speakers: NOT_FOUND: names: 'carol' is not a registered speaker")
         assert not (tmp_path / "y.pt").exists()
 
         assert assert_ok(await cosyvoice("speakers", "rm", NAME, *at)) == f"removed {NAME}\n"

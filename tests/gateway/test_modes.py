@@ -55,9 +55,9 @@ def rejection(requested, voice, instruct_text=""):
         (INLINE_NO_TEXT, "", Mode.CROSS_LINGUAL),  # inline prompt without its text
         (PRESET_SFT, "", Mode.SFT),
         (DEFAULT_PRESET, "", Mode.SFT),
-        # A stored voice with a recording but no transcript (e.g. an imported file) is not
-        # an inline prompt, so it falls through to sft.
-        (VoiceFacts("speaker_id", has_recording=True, has_transcript=False), "", Mode.SFT),
+        # A stored voice with a recording but no transcript (e.g. an imported file) uses its
+        # recording without the transcript: cross_lingual, as an inline prompt without text.
+        (VoiceFacts("speaker_id", has_recording=True, has_transcript=False), "", Mode.CROSS_LINGUAL),
     ],
 )
 def test_default_mode(voice, instruct_text, expected):
