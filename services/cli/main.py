@@ -26,7 +26,9 @@ commands:
                                             write registered voices as a spk2info.pt file
                                             (every speakers command takes --address HOST:PORT)
   bench [options]                           load-test the gateway against the in-process monolith
-  make-tiny-model OUT_DIR [--seed N]        write a random-weight model in the official layout
+  bench voices [options]                    registered speaker vs inline prompt: time to first audio
+  make-tiny-model OUT_DIR [--seed N] [--no-presets] [--full-size] [--force]
+                                            write a random-weight model in the official layout
 
 `cosyvoice <command> --help` shows a command's options.
 """
@@ -46,7 +48,12 @@ def _serve(argv: Sequence[str]) -> None:
         from services.frontend.server import main as serve_main
     else:
         from services.vocoder.server import main as serve_main
-    serve_main(rest)
+    from services.common.config import ConfigError
+
+    try:
+        serve_main(rest)
+    except ConfigError as exc:  # a bad setting: one line naming it, not a traceback
+        raise SystemExit(f"cosyvoice serve {stage}: {exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

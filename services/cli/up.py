@@ -115,6 +115,29 @@ def _stage_device(device: str, index: int) -> str:
     return f"cuda:{index % count}"  # one GPU per stage when there are three or more
 
 
+def check_before_start(model_dir: str | None, host: str, port: int) -> None:
+    """What would make a child fail after the others have loaded: one line now instead."""
+    if not 0 <= port <= 65535:
+        raise SystemExit(f"cosyvoice up: --port {port} is not in 0..65535")
+    if model_dir is not None:
+        from services.common.modeldir.layout import ModelDir, ModelDirError
+
+        try:
+            ModelDir.open(model_dir)
+        except ModelDirError as exc:
+            raise SystemExit(f"cosyvoice up: --model-dir: {exc}") from None
+    if port:
+        import socket
+
+        try:  # the gateway binds last, after every stage has loaded: find a taken port first
+            with socket.create_server((host, port)):
+                pass
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise SystemExit(f"cosyvoice up: cannot listen on {host}:{port} ({reason}); "
+                             "is another stack running? (--port 0 picks a free port)") from None
+
+
 def ensure_model_dir(model_dir: str | None) -> Path:
     if model_dir:
         return Path(model_dir)
@@ -170,11 +193,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=50051, help="gateway port (0: any free port)")
     parser.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for each stage")
     parser.add_argument("--num-threads", type=int, default=None,
-                        help="torch CPU threads per stage (default: 1 on cpu, so four processes do not "
+                        help="torch CPU threads per stage (default: 1 on cpu, so the processes do not "
                              "oversubscribe the cores; torch's default on cuda)")
+    parser.add_argument("--speaker-db", default=None,
+                        help="registered speakers: a SQLite file or :memory: (default: the gateway's, "
+                             "~/.cache/cosyvoice/speakers.db)")
     args = parser.parse_args(argv)
     num_threads = args.num_threads if args.num_threads is not None else (1 if args.device == "cpu" else 0)
+    check_before_start(args.model_dir, args.host, args.port)
     model_dir = ensure_model_dir(args.model_dir)
+    gateway_args = ["--metrics-port", "0"]
+    if args.speaker_db is not None:
+        gateway_args += ["--speaker-db", args.speaker_db]
     children: list[Child] = []
     died: list[Child] = []  # children that exited before anyone asked them to
     stopping = threading.Event()
@@ -188,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         children = start_stack(
             model_dir, args.device, args.host, args.port, args.start_timeout,
             stage_args=["--num-threads", str(num_threads), "--metrics-port", "0"],
-            gateway_args=["--metrics-port", "0"],
+            gateway_args=gateway_args,
         )
         for child in children:
             print(child.describe(), flush=True)

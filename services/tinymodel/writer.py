@@ -136,6 +136,8 @@ def write_tiny_model(out_dir: str | Path, seed: int = 0, full_size: bool = False
         speakers = {DEFAULT_SPEAKER: {"embedding": torch.randn(1, 192)}}
         if presets:  # the official CosyVoice2-0.5B directory ships none: --no-presets is that layout
             torch.save(speakers, root / SPK2INFO)
+        else:
+            (root / SPK2INFO).unlink(missing_ok=True)
     # The HF backbone weights the reference's Qwen2Encoder loads first (llm.pt overwrites them).
     prefix = "llm.model."
     backbone = {key[len(prefix):]: value for key, value in llm_state.items() if key.startswith(prefix)}
@@ -154,7 +156,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="write no spk2info.pt, as the official CosyVoice2-0.5B directory has none")
     parser.add_argument("--full-size", action="store_true",
                         help="CosyVoice2-0.5B's dimensions (about 2.6 GB; for benchmarks, still random)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a directory that is not empty (its model files are replaced)")
     args = parser.parse_args(argv)
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"cosyvoice make-tiny-model: {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        # It could be a real model directory: random weights must never overwrite real ones.
+        raise SystemExit(f"cosyvoice make-tiny-model: {out} is not empty; choose a new directory or pass --force")
     started = time.perf_counter()
     root = write_tiny_model(args.out_dir, args.seed, args.full_size, presets=not args.no_presets)
     print(f"wrote a random-weight CosyVoice2 model to {root} in {time.perf_counter() - started:.1f} s "
