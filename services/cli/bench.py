@@ -1,7 +1,7 @@
 """`cosyvoice bench`: load the split stack over loopback gRPC and the in-process monolith with the
 same requests, and compare.
 
-By default it starts the split stack itself, as four processes (three stages and the gateway,
+By default it starts the split stack itself, as five processes (four stages and the gateway,
 as `cosyvoice up` does), and loads the monolith (`services.pipeline.monolith`: the same runners
 and chunk schedule in one process, no gRPC) into this process; `--address` benchmarks a
 gateway that is already running instead. Each concurrency level sends a fixed number of
