@@ -31,6 +31,11 @@ class VoiceSpec:
     pcm16_sample_rate: int = 0
     field: str = "prompt"  # the request's name of the inline prompt, for messages
     speaker_field: str = "speaker_id"  # the request's name of the speaker id, for messages
+    audio_field: str = ""  # the request's name of the recording; default "<field>.audio"
+
+    @property
+    def audio_name(self) -> str:
+        return self.audio_field or f"{self.field}.audio"
 
     @property
     def given(self) -> str:
@@ -77,9 +82,9 @@ class Synthesizer:
         if spec.prompt_audio is None:
             return await self.voices.named(spec.speaker_id, spec.speaker_field)
         if not spec.prompt_audio:
-            raise InvalidRequest(f"{spec.field}.audio: must not be empty")
+            raise InvalidRequest(f"{spec.audio_name}: must not be empty")
         encode = self.frontend.encode_prompt(
-            spec.prompt_audio, f"{spec.field}.audio", spec.pcm16_sample_rate, timeout=timeout
+            spec.prompt_audio, spec.audio_name, spec.pcm16_sample_rate, timeout=timeout
         )
         if spec.prompt_text.strip():  # normalised while the recording is encoded
             transcript = self.frontend.normalize_prompt_text(spec.prompt_text, normalize, timeout)

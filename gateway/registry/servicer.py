@@ -121,11 +121,19 @@ class SpeakersServicer(speakers_pb2_grpc.SpeakersServicer):
     ) -> speakers_pb2.ImportSpeakersResponse:
         if not request.spk2info:
             raise InvalidRequest("spk2info: the file is empty")
+        if request.overwrite and request.skip_existing:
+            raise InvalidRequest("skip_existing: cannot be combined with overwrite")
         records = await self.frontend.read_table(request.spk2info)
         if not records:
             raise InvalidRequest("spk2info: the file holds no speakers")
         now = time.time()
         records = [dataclasses.replace(r, created_at=now, preset=False) for r in records]
+        skipped: list[str] = []
+        if request.skip_existing:
+            taken = {r.name for r in records if r.name in self.voices.presets}
+            taken |= {r.name for r in records if await self.voices.in_store(self.voices.store.get, r.name)}
+            skipped = [r.name for r in records if r.name in taken]
+            records = [r for r in records if r.name not in taken]
         for record in records:  # every check before the first write: all or nothing
             self._check_new_name(record.name, "spk2info")
             try:
@@ -133,16 +141,20 @@ class SpeakersServicer(speakers_pb2_grpc.SpeakersServicer):
             except ValueError as exc:
                 raise InvalidRequest(f"spk2info: speaker {record.name!r}: {exc}") from None
         if not request.overwrite:
-            taken = [r.name for r in records if await self.voices.in_store(self.voices.store.get, r.name)]
-            if taken:
-                raise AlreadyExists(f"spk2info: speakers {taken[:5]} already exist (set overwrite to replace them)")
+            taken_names = [r.name for r in records if await self.voices.in_store(self.voices.store.get, r.name)]
+            if taken_names:
+                raise AlreadyExists(
+                    f"spk2info: speakers {taken_names[:5]} already exist (set overwrite to replace them, or "
+                    "skip_existing to import the others)"
+                )
         try:
-            await self.voices.in_store(self._put_all, records, request.overwrite)
+            if records:
+                await self.voices.in_store(self._put_all, records, request.overwrite)
         except SpeakerExists as exc:  # registered meanwhile by another call
             raise AlreadyExists(f"spk2info: speaker {exc.name!r} already exists (set overwrite to replace it)") from None
         except ValueError as exc:  # e.g. one name twice in the file
             raise InvalidRequest(f"spk2info: {exc}") from None
-        return speakers_pb2.ImportSpeakersResponse(names=[r.name for r in records])
+        return speakers_pb2.ImportSpeakersResponse(names=[r.name for r in records], skipped=skipped)
 
     def _put_all(self, records: list[SpeakerRecord], overwrite: bool) -> None:
         self.voices.store.put_many(records, overwrite=overwrite)  # one transaction: all or nothing

@@ -78,10 +78,15 @@ def import_(args: argparse.Namespace) -> None:
     data = read_input(args.file, "speaker file")
     with gateway_channel(args.address) as channel:
         response = _stub(channel).ImportSpeakers(
-            speakers_pb2.ImportSpeakersRequest(spk2info=data, overwrite=args.overwrite), timeout=RPC_TIMEOUT_SECONDS
+            speakers_pb2.ImportSpeakersRequest(
+                spk2info=data, overwrite=args.overwrite, skip_existing=args.skip_existing
+            ),
+            timeout=RPC_TIMEOUT_SECONDS,
         )
     for name in response.names:  # one per line, so a script can read them back
         print(f"registered {name}")
+    for name in response.skipped:
+        print(f"skipped {name} (the name is taken)")
 
 
 def export(args: argparse.Namespace) -> None:
@@ -125,7 +130,10 @@ def parser() -> argparse.ArgumentParser:
     c = commands.add_parser("import", parents=[common],
                             help="register every speaker of a spk2info.pt file (official or async schema)")
     c.add_argument("file", metavar="FILE")
-    c.add_argument("--overwrite", action="store_true", help="replace registered speakers of the same names")
+    taken = c.add_mutually_exclusive_group()
+    taken.add_argument("--overwrite", action="store_true", help="replace registered speakers of the same names")
+    taken.add_argument("--skip-existing", action="store_true",
+                       help="import only the speakers whose names are free (registered and preset names are kept)")
     c.set_defaults(run=import_)
 
     c = commands.add_parser("export", parents=[common], help="write registered speakers as a spk2info.pt file")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import stat
 import sys
 import time
@@ -39,6 +40,20 @@ class CliError(Exception):
 
 def one_line(text: str) -> str:
     return " ".join(str(text).split())
+
+
+# The gateway names API fields; a CLI user knows the flags. Whole field names only.
+_FLAGS = {
+    "prompt.text": "--prompt-text", "prompt.audio": "--prompt-audio", "instruct_text": "--instruct",
+    "speaker_id": "--speaker", "overwrite": "--overwrite", "skip_existing": "--skip-existing",
+    "text_frontend=false": "--no-text-frontend",
+}
+_FIELD = re.compile(r"(?<![\w.-])(" + "|".join(re.escape(f) for f in _FLAGS) + r")(?![\w.])")
+
+
+def in_flag_names(details: str) -> str:
+    """A gateway message with the API's field names replaced by this CLI's flags."""
+    return _FIELD.sub(lambda match: _FLAGS[match.group(1)], details)
 
 
 def run_cli(prog: str, body: Callable[[], None]) -> None:
@@ -80,7 +95,7 @@ def gateway_channel(address: str) -> Iterator[grpc.Channel]:
             # only the channel state tells them apart.
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not _is_connected(channel):
                 raise CliError(f"cannot reach the gateway at {address} ({code.name})") from None
-            raise CliError(f"{code.name}: {error.details()}") from None
+            raise CliError(f"{code.name}: {in_flag_names(error.details() or '')}") from None
 
 
 def read_input(path: str, what: str) -> bytes:
@@ -132,6 +147,10 @@ class WavSink:
             raise CliError(f"cannot write {self.path!r}: {error.strerror or error}") from None
 
     def discard(self) -> None:
+        if self._wav is not None:  # closed first: its __del__ would later write to a closed file
+            with contextlib.suppress(Exception):
+                self._wav.close()
+            self._wav = None
         with contextlib.suppress(Exception):
             self._file.close()
         with contextlib.suppress(OSError):

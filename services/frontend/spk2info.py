@@ -64,7 +64,7 @@ def read_spk2info(source: bytes | Path, decode_text: Callable[[list[int]], str])
     malformed, including files torch cannot load and files that cannot be read.
     """
     if isinstance(source, bytes):
-        label, data = "spk2info data", source
+        label, data = "uploaded file", source
     else:
         label = str(source)
         try:
@@ -74,7 +74,12 @@ def read_spk2info(source: bytes | Path, decode_text: Callable[[list[int]], str])
     try:
         info = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a bad pickle
-        raise ValueError(f"{label}: not a loadable spk2info file: {_first_line(exc)}") from None
+        # torch's own words for garbage ("pop from empty list") mean nothing to a user.
+        if "unsupported global" in str(exc).lower():  # a real pickle of something not allowed
+            why = "it holds Python objects other than tensors, which are never loaded"
+        else:
+            why = "torch.load cannot read it"
+        raise ValueError(f"{label}: not a spk2info.pt file ({why})") from None
     if not isinstance(info, dict):
         raise ValueError(f"{label}: expected a dict of speaker id -> entry, got {type(info).__name__}")
     records = []

@@ -81,7 +81,7 @@ async def test_add_list_synth_export_rm_import(tiny_model_dir, tmp_path):
         assert out.startswith(f"registered {NAME}: ")
         assert_error(
             await cosyvoice(*add),
-            f"cosyvoice speakers: ALREADY_EXISTS: name: speaker {NAME!r} already exists (set overwrite to replace it)",
+            f"cosyvoice speakers: ALREADY_EXISTS: name: speaker {NAME!r} already exists (set --overwrite to replace it)",
         )
         assert assert_ok(await cosyvoice(*add, "--overwrite")).startswith(f"registered {NAME}: ")
         raw = "It costs 5 dollars."
@@ -122,8 +122,11 @@ async def test_add_list_synth_export_rm_import(tiny_model_dir, tmp_path):
         # The official file holds bob too, who is still registered: all or nothing.
         assert_error(await cosyvoice("speakers", "import", str(official), *at),
                      "cosyvoice speakers: ALREADY_EXISTS: spk2info: speakers ['bob'] already exist "
-                     "(set overwrite to replace them)")
+                     "(set --overwrite to replace them, or --skip-existing to import the others)")
         assert NAME not in table(assert_ok(await cosyvoice("speakers", "list", *at)))
+        skipping = assert_ok(await cosyvoice("speakers", "import", str(official), "--skip-existing", *at))
+        assert "skipped bob (the name is taken)" in skipping and f"registered {NAME}" in skipping
+        assert_ok(await cosyvoice("speakers", "rm", NAME, *at))
         out = assert_ok(await cosyvoice("speakers", "import", str(official), "--overwrite", *at))
         assert out.splitlines() == [f"registered {NAME}", "registered bob"]
         assert table(assert_ok(await cosyvoice("speakers", "list", *at)))[NAME] == rows[NAME]

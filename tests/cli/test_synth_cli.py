@@ -86,12 +86,12 @@ async def test_every_mode_and_speed(tiny_model_dir, tmp_path):
             await cosyvoice("synth", TEXT, "-o", str(out), "--mode", "zero_shot", "--prompt-audio", prompt, *at),
         ]
         assert not out.exists()
-    assert_error(runs[0], "cosyvoice synth: NOT_FOUND: speaker_id: 'nobody' is not a registered or preset speaker")
+    assert_error(runs[0], "cosyvoice synth: NOT_FOUND: --speaker: 'nobody' is not a registered or preset speaker")
     assert_error(runs[1], "cosyvoice synth: INVALID_ARGUMENT: prompt: sft speaks with a preset or registered "
                           "speaker's x-vector; with prompt audio use zero_shot, cross_lingual or instruct2")
     assert_error(runs[2], "cosyvoice synth: INVALID_ARGUMENT: speed: 3 is outside [0.5, 2.0]")
-    assert_error(runs[3], "cosyvoice synth: INVALID_ARGUMENT: prompt.text: zero_shot needs the transcript of "
-                          "prompt.audio")
+    assert_error(runs[3], "cosyvoice synth: INVALID_ARGUMENT: --prompt-text: zero_shot needs the transcript of "
+                          "--prompt-audio")  # the gateway's field names, told as this CLI's flags
 
 
 async def test_errors_without_a_gateway(tmp_path):

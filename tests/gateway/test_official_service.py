@@ -129,10 +129,10 @@ async def test_instruct_request(stack, speaker):
          "Request: set one of sft_request, zero_shot_request, cross_lingual_request, instruct_request"),
         (cosyvoice_pb2.Request(zero_shot_request=cosyvoice_pb2.zeroshotRequest(
             tts_text=TEXT, prompt_text="Hi.", prompt_audio=b"\x01\x00\x02")), grpc.StatusCode.INVALID_ARGUMENT,
-         "zero_shot_request.prompt.audio: raw PCM must be 16-bit little-endian samples, but 3 bytes is an odd count"),
+         "zero_shot_request.prompt_audio: raw PCM must be 16-bit little-endian samples, but 3 bytes is an odd count"),
         (cosyvoice_pb2.Request(cross_lingual_request=cosyvoice_pb2.crosslingualRequest(
             tts_text=TEXT, prompt_audio=b"")), grpc.StatusCode.INVALID_ARGUMENT,
-         "cross_lingual_request.prompt.audio: must not be empty"),
+         "cross_lingual_request.prompt_audio: must not be empty"),
         (cosyvoice_pb2.Request(zero_shot_request=cosyvoice_pb2.zeroshotRequest(
             tts_text=TEXT, prompt_text=" ", prompt_audio=b"\x00\x00")), grpc.StatusCode.INVALID_ARGUMENT,
          "zero_shot_request.prompt_text: the transcript of prompt_audio is required"),
@@ -144,6 +144,10 @@ async def test_instruct_request(stack, speaker):
         (cosyvoice_pb2.Request(instruct_request=cosyvoice_pb2.instructRequest(
             tts_text=TEXT, spk_id="nobody", instruct_text="Speak slowly.")),
          grpc.StatusCode.NOT_FOUND, "instruct_request.spk_id: 'nobody' is not a registered or preset speaker"),
+        (cosyvoice_pb2.Request(zero_shot_request=cosyvoice_pb2.zeroshotRequest(
+            tts_text=TEXT, prompt_text="Hi.", prompt_audio=b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(32))),
+         grpc.StatusCode.INVALID_ARGUMENT,
+         "zero_shot_request.prompt_audio: this is a WAV file; the official API takes raw 16-bit PCM at 16 kHz, no header"),
         (cosyvoice_pb2.Request(sft_request=cosyvoice_pb2.sftRequest(spk_id="default", tts_text=" ")),
          grpc.StatusCode.INVALID_ARGUMENT, "sft_request.tts_text: must not be empty"),
     ],
@@ -159,7 +163,7 @@ async def test_silent_16k_pcm_prompt_is_invalid(stack):
         tts_text=TEXT, prompt_audio=bytes(32000)))
     error = await inference_error(stack.address, request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details() == "cross_lingual_request.prompt.audio: the recording is silent (peak below -80 dBFS)"
+    assert error.details() == "cross_lingual_request.prompt_audio: the recording is silent (peak below -80 dBFS)"
 
 
 # ------------------------------------------------------------------------------- grpcurl

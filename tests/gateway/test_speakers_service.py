@@ -282,7 +282,7 @@ async def test_export_errors(stack):
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b"definitely not a torch file", "spk2info: spk2info data: not a loadable spk2info file: "),
+        (b"definitely not a torch file", "spk2info: uploaded file: not a spk2info.pt file (torch.load cannot read it)"),
         (b"", "spk2info: the file is empty"),
     ],
 )
@@ -304,7 +304,7 @@ async def test_import_is_all_or_nothing(stack, sample):
 
     error = await speakers_error(stack.address, "ImportSpeakers", speakers_pb2.ImportSpeakersRequest(spk2info=data))
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert error.details() == "spk2info: speakers ['gina'] already exist (set overwrite to replace them)"
+    assert error.details() == "spk2info: speakers ['gina'] already exist (set overwrite to replace them, or skip_existing to import the others)"
     assert await speaker_names(stack.address) == before  # hugo, new in the file, was not stored either
 
     assert await import_(stack.address, data, overwrite=True) == ["gina", "hugo"]
@@ -330,6 +330,23 @@ async def test_import_of_a_presets_name_is_refused_and_stores_nothing(stack, sam
         assert error.code() == grpc.StatusCode.ALREADY_EXISTS
         assert error.details() == "spk2info: 'default' is a preset speaker of the model; choose another name"
         assert await speaker_names(stack.address) == before
+
+
+async def test_import_with_skip_existing_leaves_taken_names_alone(stack, sample):
+    await register(stack.address, "jane", sample)
+    jane = await speaker_features(stack.address, "jane")
+    records = [SpeakerRecord(name, "Hello.", jane.tokens, jane.mel, jane.embedding) for name in ("jane", "default", "kim")]
+    data = await stack.frontend.servicer.runner.write_table(records, "official")
+    request = speakers_pb2.ImportSpeakersRequest(spk2info=data, skip_existing=True)
+    response = await speakers_call(stack.address, "ImportSpeakers", request)
+    assert list(response.names) == ["kim"] and list(response.skipped) == ["jane", "default"]
+    assert (await speaker_features(stack.address, "jane")).same(jane)  # untouched
+    both = speakers_pb2.ImportSpeakersRequest(spk2info=data, skip_existing=True, overwrite=True)
+    error = await speakers_error(stack.address, "ImportSpeakers", both)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "skip_existing: cannot be combined with overwrite"
+    for name in ("jane", "kim"):
+        await delete(stack.address, name)
 
 
 # ------------------------------------------------------------------------------- persistence

@@ -27,7 +27,7 @@ from . import common_pb2 as cosyvoice_dot_v1_dot_common__pb2
 from . import tts_pb2 as cosyvoice_dot_v1_dot_tts__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63osyvoice/v1/speakers.proto\x12\x0c\x63osyvoice.v1\x1a\x19\x63osyvoice/v1/common.proto\x1a\x16\x63osyvoice/v1/tts.proto\"\x92\x01\n\x16RegisterSpeakerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06prompt\x18\x02 \x01(\x0b\x32\x19.cosyvoice.v1.PromptAudio\x12\x11\n\toverwrite\x18\x03 \x01(\x08\x12\x1a\n\rtext_frontend\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x10\n\x0e_text_frontend\">\n\x0fSpeakerFeatures\x12+\n\x06prompt\x18\x01 \x01(\x0b\x32\x1b.cosyvoice.v1.SpeakerPrompt\"\xa1\x01\n\x07Speaker\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06preset\x18\x02 \x01(\x08\x12\x13\n\x0bprompt_text\x18\x03 \x01(\t\x12\x19\n\x11num_prompt_tokens\x18\x04 \x01(\x05\x12\x17\n\x0f\x63reated_at_unix\x18\x05 \x01(\x01\x12/\n\x08\x66\x65\x61tures\x18\x06 \x01(\x0b\x32\x1d.cosyvoice.v1.SpeakerFeatures\"\x15\n\x13ListSpeakersRequest\"?\n\x14ListSpeakersResponse\x12\'\n\x08speakers\x18\x01 \x03(\x0b\x32\x15.cosyvoice.v1.Speaker\";\n\x11GetSpeakerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10include_features\x18\x02 \x01(\x08\"$\n\x14\x44\x65leteSpeakerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteSpeakerResponse\"<\n\x15ImportSpeakersRequest\x12\x10\n\x08spk2info\x18\x01 \x01(\x0c\x12\x11\n\toverwrite\x18\x02 \x01(\x08\"\'\n\x16ImportSpeakersResponse\x12\r\n\x05names\x18\x01 \x03(\t\"T\n\x15\x45xportSpeakersRequest\x12,\n\x06schema\x18\x01 \x01(\x0e\x32\x1c.cosyvoice.v1.Spk2InfoSchema\x12\r\n\x05names\x18\x02 \x03(\t\"*\n\x16\x45xportSpeakersResponse\x12\x10\n\x08spk2info\x18\x01 \x01(\x0c*j\n\x0eSpk2InfoSchema\x12\x1f\n\x1bSPK2INFO_SCHEMA_UNSPECIFIED\x10\x00\x12\x1c\n\x18SPK2INFO_SCHEMA_OFFICIAL\x10\x01\x12\x19\n\x15SPK2INFO_SCHEMA_ASYNC\x10\x02\x32\x8b\x04\n\x08Speakers\x12N\n\x0fRegisterSpeaker\x12$.cosyvoice.v1.RegisterSpeakerRequest\x1a\x15.cosyvoice.v1.Speaker\x12U\n\x0cListSpeakers\x12!.cosyvoice.v1.ListSpeakersRequest\x1a\".cosyvoice.v1.ListSpeakersResponse\x12\x44\n\nGetSpeaker\x12\x1f.cosyvoice.v1.GetSpeakerRequest\x1a\x15.cosyvoice.v1.Speaker\x12X\n\rDeleteSpeaker\x12\".cosyvoice.v1.DeleteSpeakerRequest\x1a#.cosyvoice.v1.DeleteSpeakerResponse\x12[\n\x0eImportSpeakers\x12#.cosyvoice.v1.ImportSpeakersRequest\x1a$.cosyvoice.v1.ImportSpeakersResponse\x12[\n\x0e\x45xportSpeakers\x12#.cosyvoice.v1.ExportSpeakersRequest\x1a$.cosyvoice.v1.ExportSpeakersResponseB>Z<github.com/cosyvoice-serving/protos/cosyvoice/v1;cosyvoicev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63osyvoice/v1/speakers.proto\x12\x0c\x63osyvoice.v1\x1a\x19\x63osyvoice/v1/common.proto\x1a\x16\x63osyvoice/v1/tts.proto\"\x92\x01\n\x16RegisterSpeakerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06prompt\x18\x02 \x01(\x0b\x32\x19.cosyvoice.v1.PromptAudio\x12\x11\n\toverwrite\x18\x03 \x01(\x08\x12\x1a\n\rtext_frontend\x18\x04 \x01(\x08H\x00\x88\x01\x01\x42\x10\n\x0e_text_frontend\">\n\x0fSpeakerFeatures\x12+\n\x06prompt\x18\x01 \x01(\x0b\x32\x1b.cosyvoice.v1.SpeakerPrompt\"\xa1\x01\n\x07Speaker\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06preset\x18\x02 \x01(\x08\x12\x13\n\x0bprompt_text\x18\x03 \x01(\t\x12\x19\n\x11num_prompt_tokens\x18\x04 \x01(\x05\x12\x17\n\x0f\x63reated_at_unix\x18\x05 \x01(\x01\x12/\n\x08\x66\x65\x61tures\x18\x06 \x01(\x0b\x32\x1d.cosyvoice.v1.SpeakerFeatures\"\x15\n\x13ListSpeakersRequest\"?\n\x14ListSpeakersResponse\x12\'\n\x08speakers\x18\x01 \x03(\x0b\x32\x15.cosyvoice.v1.Speaker\";\n\x11GetSpeakerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10include_features\x18\x02 \x01(\x08\"$\n\x14\x44\x65leteSpeakerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteSpeakerResponse\"S\n\x15ImportSpeakersRequest\x12\x10\n\x08spk2info\x18\x01 \x01(\x0c\x12\x11\n\toverwrite\x18\x02 \x01(\x08\x12\x15\n\rskip_existing\x18\x03 \x01(\x08\"8\n\x16ImportSpeakersResponse\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0f\n\x07skipped\x18\x02 \x03(\t\"T\n\x15\x45xportSpeakersRequest\x12,\n\x06schema\x18\x01 \x01(\x0e\x32\x1c.cosyvoice.v1.Spk2InfoSchema\x12\r\n\x05names\x18\x02 \x03(\t\"*\n\x16\x45xportSpeakersResponse\x12\x10\n\x08spk2info\x18\x01 \x01(\x0c*j\n\x0eSpk2InfoSchema\x12\x1f\n\x1bSPK2INFO_SCHEMA_UNSPECIFIED\x10\x00\x12\x1c\n\x18SPK2INFO_SCHEMA_OFFICIAL\x10\x01\x12\x19\n\x15SPK2INFO_SCHEMA_ASYNC\x10\x02\x32\x8b\x04\n\x08Speakers\x12N\n\x0fRegisterSpeaker\x12$.cosyvoice.v1.RegisterSpeakerRequest\x1a\x15.cosyvoice.v1.Speaker\x12U\n\x0cListSpeakers\x12!.cosyvoice.v1.ListSpeakersRequest\x1a\".cosyvoice.v1.ListSpeakersResponse\x12\x44\n\nGetSpeaker\x12\x1f.cosyvoice.v1.GetSpeakerRequest\x1a\x15.cosyvoice.v1.Speaker\x12X\n\rDeleteSpeaker\x12\".cosyvoice.v1.DeleteSpeakerRequest\x1a#.cosyvoice.v1.DeleteSpeakerResponse\x12[\n\x0eImportSpeakers\x12#.cosyvoice.v1.ImportSpeakersRequest\x1a$.cosyvoice.v1.ImportSpeakersResponse\x12[\n\x0e\x45xportSpeakers\x12#.cosyvoice.v1.ExportSpeakersRequest\x1a$.cosyvoice.v1.ExportSpeakersResponseB>Z<github.com/cosyvoice-serving/protos/cosyvoice/v1;cosyvoicev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cosyvoice.v1.speakers_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z<github.com/cosyvoice-serving/protos/cosyvoice/v1;cosyvoicev1'
-  _globals['_SPK2INFOSCHEMA']._serialized_start=918
-  _globals['_SPK2INFOSCHEMA']._serialized_end=1024
+  _globals['_SPK2INFOSCHEMA']._serialized_start=958
+  _globals['_SPK2INFOSCHEMA']._serialized_end=1064
   _globals['_REGISTERSPEAKERREQUEST']._serialized_start=97
   _globals['_REGISTERSPEAKERREQUEST']._serialized_end=243
   _globals['_SPEAKERFEATURES']._serialized_start=245
@@ -54,13 +54,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETESPEAKERRESPONSE']._serialized_start=660
   _globals['_DELETESPEAKERRESPONSE']._serialized_end=683
   _globals['_IMPORTSPEAKERSREQUEST']._serialized_start=685
-  _globals['_IMPORTSPEAKERSREQUEST']._serialized_end=745
-  _globals['_IMPORTSPEAKERSRESPONSE']._serialized_start=747
-  _globals['_IMPORTSPEAKERSRESPONSE']._serialized_end=786
-  _globals['_EXPORTSPEAKERSREQUEST']._serialized_start=788
-  _globals['_EXPORTSPEAKERSREQUEST']._serialized_end=872
-  _globals['_EXPORTSPEAKERSRESPONSE']._serialized_start=874
-  _globals['_EXPORTSPEAKERSRESPONSE']._serialized_end=916
-  _globals['_SPEAKERS']._serialized_start=1027
-  _globals['_SPEAKERS']._serialized_end=1550
+  _globals['_IMPORTSPEAKERSREQUEST']._serialized_end=768
+  _globals['_IMPORTSPEAKERSRESPONSE']._serialized_start=770
+  _globals['_IMPORTSPEAKERSRESPONSE']._serialized_end=826
+  _globals['_EXPORTSPEAKERSREQUEST']._serialized_start=828
+  _globals['_EXPORTSPEAKERSREQUEST']._serialized_end=912
+  _globals['_EXPORTSPEAKERSRESPONSE']._serialized_start=914
+  _globals['_EXPORTSPEAKERSRESPONSE']._serialized_end=956
+  _globals['_SPEAKERS']._serialized_start=1067
+  _globals['_SPEAKERS']._serialized_end=1590
 # @@protoc_insertion_point(module_scope)

@@ -82,18 +82,22 @@ class DeleteSpeakerResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ImportSpeakersRequest(_message.Message):
-    __slots__ = ("spk2info", "overwrite")
+    __slots__ = ("spk2info", "overwrite", "skip_existing")
     SPK2INFO_FIELD_NUMBER: _ClassVar[int]
     OVERWRITE_FIELD_NUMBER: _ClassVar[int]
+    SKIP_EXISTING_FIELD_NUMBER: _ClassVar[int]
     spk2info: bytes
     overwrite: bool
-    def __init__(self, spk2info: _Optional[bytes] = ..., overwrite: _Optional[bool] = ...) -> None: ...
+    skip_existing: bool
+    def __init__(self, spk2info: _Optional[bytes] = ..., overwrite: _Optional[bool] = ..., skip_existing: _Optional[bool] = ...) -> None: ...
 
 class ImportSpeakersResponse(_message.Message):
-    __slots__ = ("names",)
+    __slots__ = ("names", "skipped")
     NAMES_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
     names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
+    skipped: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., skipped: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExportSpeakersRequest(_message.Message):
     __slots__ = ("schema", "names")
