@@ -35,6 +35,14 @@ class GatewayMetrics:
             buckets=_RTF_BUCKETS,
             registry=registry,
         )
+        self.voice_duration = Histogram(
+            "cosyvoice_gateway_voice_duration_seconds",
+            "Resolving a request's voice before any model stage starts, by kind: preset, registered (a store "
+            "read) or inline (the frontend stage encoding the prompt recording).",
+            ["voice"],
+            buckets=LATENCY_BUCKETS_SECONDS,
+            registry=registry,
+        )
         self.audio = Counter(
             "cosyvoice_gateway_audio_seconds", "Seconds of audio sent to callers.", registry=registry
         )

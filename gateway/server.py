@@ -64,8 +64,9 @@ def build_gateway(config: GatewayConfig, registry=None) -> Gateway:  # noqa: ANN
     frontend = FrontendClient(clients.frontend, config.upstream_timeout_seconds)
     voices = VoiceBook(store, frontend)
     pipeline = StagePipeline(clients, config.chunk_policy, config.stage_queue_chunks, config.upstream_timeout_seconds)
-    synthesizer = Synthesizer(pipeline, voices, frontend, config.max_text_chars)
-    tts = TextToSpeechServicer(synthesizer, GatewayMetrics(registry), config.max_concurrent_requests)
+    metrics = GatewayMetrics(registry)
+    synthesizer = Synthesizer(pipeline, voices, frontend, config.max_text_chars, metrics)
+    tts = TextToSpeechServicer(synthesizer, metrics, config.max_concurrent_requests)
     bindings = [
         ServiceBinding(SERVICE_NAME, tts, tts_pb2_grpc.add_TextToSpeechServicer_to_server),
         ServiceBinding(

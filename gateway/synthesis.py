@@ -8,11 +8,13 @@ cosyvoice.CosyVoice service, so every API gets the same rules and the same messa
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass, replace
 from typing import AsyncIterator
 
 from gateway.frontend_calls import FrontendClient
+from gateway.metrics import GatewayMetrics
 from gateway.modes import Mode, VoiceFacts, check_speed, choose_mode, instruction
 from gateway.pipeline import AudioPiece, StagePipeline, SynthesisJob
 from gateway.voices import Voice, VoiceBook, inline_voice
@@ -66,11 +68,19 @@ class SynthesisPlan:
 
 
 class Synthesizer:
-    def __init__(self, pipeline: StagePipeline, voices: VoiceBook, frontend: FrontendClient, max_text_chars: int) -> None:
+    def __init__(
+        self,
+        pipeline: StagePipeline,
+        voices: VoiceBook,
+        frontend: FrontendClient,
+        max_text_chars: int,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.voices = voices
         self.frontend = frontend
         self.max_text_chars = max_text_chars
+        self.metrics = metrics
 
     def check_text(self, text: str, field: str = "text") -> None:
         if not text.strip():
@@ -79,6 +89,16 @@ class Synthesizer:
             raise InvalidRequest(f"{field}: {len(text)} characters exceed the limit of {self.max_text_chars}")
 
     async def _voice(self, spec: VoiceSpec, normalize: bool, timeout: float | None) -> Voice:
+        started = time.perf_counter()
+        voice = await self._resolve(spec, normalize, timeout)
+        if self.metrics is not None:  # what a registered speaker saves over an inline prompt
+            kind = "inline" if spec.prompt_audio is not None else (
+                "preset" if voice.name in self.voices.presets else "registered"
+            )
+            self.metrics.voice_duration.labels(kind).observe(time.perf_counter() - started)
+        return voice
+
+    async def _resolve(self, spec: VoiceSpec, normalize: bool, timeout: float | None) -> Voice:
         if spec.prompt_audio is None:
             return await self.voices.named(spec.speaker_id, spec.speaker_field)
         if not spec.prompt_audio:

@@ -1,4 +1,4 @@
-"""`cosyvoice bench voices`: its report and the frontend-metrics reading (the run itself is
+"""`cosyvoice bench voices`: its report and the gateway-metrics reading (the run itself is
 exercised by hand; it starts five processes)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import threading
 import pytest
 from prometheus_client import generate_latest
 
-from services.cli.bench_voices import format_result, frontend_prompt_seconds
+from services.cli.bench_voices import format_result, voice_seconds
 from services.common.metrics import make_registry
-from services.frontend.metrics import FrontendMetrics
+from gateway.metrics import GatewayMetrics
 
 
 def test_the_report_shows_both_voices_and_the_saving():
@@ -22,20 +22,22 @@ def test_the_report_shows_both_voices_and_the_saving():
         },
         "saving_p50_seconds": 0.05,
         "ratio_p50": 0.25 / 0.30,
-        "frontend_prompts": (4, 0.045),
+        "voice_resolution": {"inline": (4, 0.045), "registered": (4, 0.001)},
     }
     text = format_result(result)
     assert "inline" in text and "registered" in text
     assert "registered saves 50.0 ms" in text and "(registered / inline = 0.833)" in text
-    assert "encoded 4 prompts, 45.0 ms each" in text
+    assert "voice resolution, inline: 45.0 ms on average over 4 requests" in text
+    assert "voice resolution, registered: 1.0 ms" in text
 
 
 @pytest.fixture
 def metrics_server():
     registry = make_registry()
-    metrics = FrontendMetrics(registry)
+    metrics = GatewayMetrics(registry)
     for seconds in (0.02, 0.04):
-        metrics.prompt_duration.observe(seconds)
+        metrics.voice_duration.labels("inline").observe(seconds)
+    metrics.voice_duration.labels("registered").observe(0.001)
     body = generate_latest(registry)
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -53,10 +55,11 @@ def metrics_server():
     server.shutdown()
 
 
-def test_the_frontend_prompt_time_is_read_from_its_metrics(metrics_server):
-    count, total = frontend_prompt_seconds(metrics_server)
-    assert count == 2 and total == pytest.approx(0.06)
+def test_the_voice_resolution_time_is_read_from_the_gateway_metrics(metrics_server):
+    totals = voice_seconds(metrics_server)
+    assert totals["inline"][0] == 2 and totals["inline"][1] == pytest.approx(0.06)
+    assert totals["registered"] == (1, pytest.approx(0.001))
 
 
 def test_an_unreachable_metrics_address_gives_none():
-    assert frontend_prompt_seconds("127.0.0.1:1") is None
+    assert voice_seconds("127.0.0.1:1") is None

@@ -48,7 +48,9 @@ def _exposition() -> str:
     FlowMetrics(registry)
     VocoderMetrics(registry)
     FrontendMetrics(registry).prompts.labels("ok").inc()
-    GatewayMetrics(registry).requests.labels("OK").inc()
+    gateway = GatewayMetrics(registry)
+    gateway.requests.labels("OK").inc()
+    gateway.voice_duration.labels("inline").observe(0.02)
     return generate_latest(registry).decode()
 
 
@@ -61,7 +63,7 @@ def test_metric_names_follow_prometheus_conventions():
         if family.type == "counter":
             assert not family.name.endswith("_total")  # the client appends it once
         for sample in family.samples:
-            assert set(sample.labels) <= {"code", "finish_reason", "le", "outcome"}, sample.labels
+            assert set(sample.labels) <= {"code", "finish_reason", "le", "outcome", "voice"}, sample.labels
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
