@@ -27,7 +27,6 @@ from tests.stack import running_stack
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 MAX_RATIO = 3.0  # short speech: see voice_helpers.shorten_speech
-MIN_RATIO = 2.0  # the LLM's min_token_text_ratio (default)
 TEXT = "Hello there, my friend."
 LONG_TEXT = (
     "The first sentence is here and it is fairly long for a test. The second sentence follows right "
@@ -79,7 +78,9 @@ async def inference_error(address, request):
 
 async def assert_plausible(stack, responses, text):
     """One message per segment; each raw int16 PCM whose length is a whole number of speech
-    tokens (non-streaming, speed 1) between the LLM's min and max length for that segment."""
+    tokens (non-streaming, speed 1), at most the LLM's max length for that segment. No lower
+    bound: only EOS (6561) is masked before min_len, and the official API has no seed, so the
+    random-weight model may sample one of the other stop ids (6562, 6563) early."""
     segments = await frontend_segments(stack, text)
     assert len(responses) == len(segments)
     tokenizer = stack.frontend.servicer.runner.tokenizer
@@ -88,7 +89,7 @@ async def assert_plausible(stack, responses, text):
         pcm = np.frombuffer(response.tts_audio, "<i2")
         assert pcm.size % SAMPLES_PER_TOKEN == 0
         num_text_tokens = len(tokenizer.encode(segment))
-        assert MIN_RATIO * num_text_tokens <= pcm.size // SAMPLES_PER_TOKEN <= MAX_RATIO * num_text_tokens
+        assert 1 <= pcm.size // SAMPLES_PER_TOKEN <= MAX_RATIO * num_text_tokens
         assert np.abs(pcm).max() > 0
 
 
