@@ -22,11 +22,13 @@ def test_the_report_shows_both_voices_and_the_saving():
         },
         "saving_p50_seconds": 0.05,
         "ratio_p50": 0.25 / 0.30,
+        "paired_saving_median_seconds": 0.047,
         "voice_resolution": {"inline": (4, 0.045), "registered": (4, 0.001)},
     }
     text = format_result(result)
     assert "inline" in text and "registered" in text
     assert "registered saves 50.0 ms" in text and "(registered / inline = 0.833)" in text
+    assert "median of the per-pair differences 47.0 ms" in text
     assert "voice resolution, inline: 45.0 ms on average over 4 requests" in text
     assert "voice resolution, registered: 1.0 ms" in text
 
