@@ -108,9 +108,7 @@ class MemorySpeakerStore:
         self.put_many([record], overwrite=overwrite)
 
     def put_many(self, records: Sequence[SpeakerRecord], *, overwrite: bool = False) -> None:
-        for record in records:
-            validate(record)
-        _check_unique(records)
+        _check_batch(records)
         stored = [frozen_copy(record) for record in records]  # the caller's arrays stay the caller's
         with self._lock:
             if not overwrite:
@@ -221,9 +219,7 @@ class SqliteSpeakerStore:
         self.put_many([record], overwrite=overwrite)
 
     def put_many(self, records: Sequence[SpeakerRecord], *, overwrite: bool = False) -> None:
-        for record in records:
-            validate(record)
-        _check_unique(records)
+        _check_batch(records)
         rows = [_to_row(record) for record in records]
         verb = "INSERT OR REPLACE" if overwrite else "INSERT"
         statement = f"{verb} INTO speakers ({_COLUMNS}) VALUES ({', '.join('?' * len(rows[0]))})" if rows else ""
@@ -284,7 +280,10 @@ class SqliteSpeakerStore:
         return record
 
 
-def _check_unique(records: Sequence[SpeakerRecord]) -> None:
+def _check_batch(records: Sequence[SpeakerRecord]) -> None:
+    """Every record valid and every name once: checked before any write."""
+    for record in records:
+        validate(record)
     names = [r.name for r in records]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate is not None:

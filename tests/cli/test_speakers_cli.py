@@ -6,45 +6,16 @@ while a command waits. Errors are asserted as exit 1 plus exactly one stderr lin
 from __future__ import annotations
 
 import asyncio
-import sys
 import wave
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.cli.cli_runner import assert_error, assert_ok, cosyvoice
 from tests.stack import running_stack
 
-ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = ["NAME", "KIND", "TOKENS", "SECONDS", "TRANSCRIPT"]
 NAME = "alice smith"  # a space on purpose: the table must stay parseable
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-async def cosyvoice(*args: str) -> Run:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli.main", *args, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 300)  # a hang guard, not a timing check
-    return Run(process.returncode, out.decode(), err.decode())
-
-
-def assert_ok(run: Run) -> str:
-    assert run.code == 0, run
-    return run.out
-
-
-def assert_error(run: Run, message: str) -> None:
-    """Exit 1 and exactly `message` as the only stderr line (no traceback)."""
-    assert run.code == 1, run
-    assert run.err.splitlines() == [message], run.err
 
 
 def table(out: str) -> dict[str, list[str]]:

@@ -7,39 +7,15 @@ gateway rejects cost no synthesis, and the rest need no gateway at all."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import wave
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.cli.cli_runner import assert_error, cosyvoice
 from tests.stack import running_stack
 
-ROOT = Path(__file__).resolve().parents[2]
 TEXT = "Hi there."  # short: the random tiny LLM speaks up to its length limit
-
-
-@dataclass
-class Run:
-    code: int
-    out: str
-    err: str
-
-
-async def cosyvoice(*args: str) -> Run:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli.main", *args, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 300)  # a hang guard, not a timing check
-    return Run(process.returncode, out.decode(), err.decode())
-
-
-def assert_error(run: Run, message: str) -> None:
-    """Exit 1 and exactly `message` as the only stderr line (no traceback)."""
-    assert run.code == 1, run
-    assert run.err.splitlines() == [message], run.err
 
 
 def wav_frames(path: Path) -> int:

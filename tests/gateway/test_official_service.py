@@ -19,9 +19,9 @@ import pytest
 import pytest_asyncio
 import soundfile
 
-from services.common.pb import cosyvoice_pb2, cosyvoice_pb2_grpc, speakers_pb2, tts_pb2
+from services.common.pb import cosyvoice_pb2, cosyvoice_pb2_grpc
 from services.frontend.resample import resample
-from tests.gateway.voice_helpers import frontend_segments, prompt_sample, shorten_speech, speakers_call
+from tests.gateway.voice_helpers import frontend_segments, prompt_sample, register_sample, shorten_speech
 from tests.stack import running_stack
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -42,11 +42,7 @@ GRPCURL = shutil.which("grpcurl", path=os.pathsep.join([os.path.dirname(sys.exec
 async def stack(tiny_model_dir):
     async with running_stack(tiny_model_dir) as stack:
         shorten_speech(stack, MAX_RATIO)
-        audio, transcript = prompt_sample(tiny_model_dir)
-        await speakers_call(
-            stack.address, "RegisterSpeaker",
-            speakers_pb2.RegisterSpeakerRequest(name=REGISTERED, prompt=tts_pb2.PromptAudio(audio=audio, text=transcript)),
-        )
+        await register_sample(stack.address, tiny_model_dir, REGISTERED)
         yield stack
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from services.common.pb import speakers_pb2, tts_pb2
+from services.common.pb import tts_pb2
 from services.pipeline.library import CosyVoicePipeline
 from services.tinymodel.writer import write_tiny_model
 from tests.gateway.voice_helpers import (
@@ -29,10 +29,10 @@ from tests.gateway.voice_helpers import (
     frontend_transcript,
     library_audio,
     prompt_sample,
+    register_sample,
     shorten_speech,
     speaker_features,
     speaker_names,
-    speakers_call,
     stage_streams,
     stage_work,
     synthesize,
@@ -70,11 +70,7 @@ def library(tiny_model_dir):
 async def stack(tiny_model_dir):
     async with running_stack(tiny_model_dir) as stack:
         shorten_speech(stack, MAX_RATIO)
-        audio, transcript = prompt_sample(tiny_model_dir)
-        await speakers_call(
-            stack.address, "RegisterSpeaker",
-            speakers_pb2.RegisterSpeakerRequest(name=REGISTERED, prompt=tts_pb2.PromptAudio(audio=audio, text=transcript)),
-        )
+        await register_sample(stack.address, tiny_model_dir, REGISTERED)
         yield stack
 
 

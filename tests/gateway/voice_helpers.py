@@ -175,3 +175,10 @@ def library_audio(
     tokens = library.engine.generate(llm_prompt, dataclasses.replace(library.engine.default_params, seed=seed))
     prompt = None if mode == "sft" else features.voice_prompt
     return list(library.tokens_to_audio(tokens, seed=seed, stream=stream, speed=speed, prompt=prompt))
+
+
+async def register_sample(address: str, model_dir: Path, name: str) -> None:
+    """Register the tiny model's sample recording under `name`."""
+    audio, transcript = prompt_sample(model_dir)
+    request = speakers_pb2.RegisterSpeakerRequest(name=name, prompt=tts_pb2.PromptAudio(audio=audio, text=transcript))
+    await speakers_call(address, "RegisterSpeaker", request)

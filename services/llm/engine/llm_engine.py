@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence as Sequence_
+from typing import Callable, Iterable, Iterator, Sequence as Sequence_
 
 import torch
 
@@ -194,21 +194,7 @@ class LLMEngine:
         """
         request_id = request_id or f"generate-{uuid.uuid4().hex}"
         self.add_request(request_id, prompt, params)
-        outbox: deque[StepOutput] = deque()
-        self._outboxes[request_id] = outbox
-        try:
-            while True:
-                while not outbox:
-                    self.step()
-                output = outbox.popleft()
-                if output.token is not None:
-                    yield output.token
-                if output.finished:
-                    return
-        finally:
-            self._outboxes.pop(request_id, None)
-            if self.scheduler.find(request_id) is not None:
-                self.abort_request(request_id)
+        yield from self._tokens_of(request_id, self.step)
 
     def generate_bistream(
         self,
@@ -226,21 +212,30 @@ class LLMEngine:
         assert seq is not None and seq.bistream is not None
         feed = seq.bistream
         source = iter(pieces)
+
+        def advance() -> None:
+            if feed.state is FeedState.WAITING_TEXT and not feed.text_ended:
+                piece = next(source, None)
+                if piece is None:
+                    self.end_text(request_id)
+                else:
+                    self.push_text(request_id, piece)
+            elif self.has_work():
+                self.step()
+            else:  # e.g. every slot held by other bistreams waiting for text
+                raise RequestError(f"request {request_id!r} cannot progress: no free KV slot")
+
+        yield from self._tokens_of(request_id, advance)
+
+    def _tokens_of(self, request_id: str, advance: Callable[[], None]) -> Iterator[int]:
+        """The tokens of an added request as repeated `advance()` calls (engine steps, text
+        pushes) produce them. Closing the iterator early aborts the request."""
         outbox: deque[StepOutput] = deque()
         self._outboxes[request_id] = outbox
         try:
             while True:
                 while not outbox:
-                    if feed.state is FeedState.WAITING_TEXT and not feed.text_ended:
-                        piece = next(source, None)
-                        if piece is None:
-                            self.end_text(request_id)
-                        else:
-                            self.push_text(request_id, piece)
-                    elif self.has_work():
-                        self.step()
-                    else:  # e.g. every slot held by other bistreams waiting for text
-                        raise RequestError(f"request {request_id!r} cannot progress: no free KV slot")
+                    advance()
                 output = outbox.popleft()
                 if output.token is not None:
                     yield output.token
