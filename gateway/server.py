@@ -46,7 +46,7 @@ class Gateway:
         """Ready once every stage is SERVING and the model's preset speakers are known."""
         await wait_for_stages(config)
         await self.voices.load_presets()
-        logger.info("%d preset speakers", len(self.voices.presets))
+        logger.info("%d preset speakers; registered speakers in %s", len(self.voices.presets), config.speaker_db)
 
     async def close(self) -> None:
         await self.clients.close()
