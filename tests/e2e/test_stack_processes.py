@@ -118,6 +118,34 @@ def test_eight_simultaneous_requests_all_complete_correctly(stack, library):
         np.testing.assert_allclose(audio, expected, atol=1e-3)  # batched float sums differ slightly
 
 
+def test_voices_across_the_processes(stack, tiny_model_dir):
+    """Register the sample voice, then each mode and the official service through five processes."""
+    from services.common.pb import cosyvoice_pb2, cosyvoice_pb2_grpc, speakers_pb2, speakers_pb2_grpc
+
+    audio = (tiny_model_dir / "prompt_sample.wav").read_bytes()
+    transcript = (tiny_model_dir / "prompt_sample.txt").read_text().strip()
+    with grpc.insecure_channel(stack.gateway) as channel:
+        speakers_pb2_grpc.SpeakersStub(channel).RegisterSpeaker(
+            speakers_pb2.RegisterSpeakerRequest(
+                name="e2e", prompt=tts_pb2.PromptAudio(audio=audio, text=transcript), overwrite=True
+            ),
+            timeout=120,
+        )
+        tts = tts_pb2_grpc.TextToSpeechStub(channel)
+        modes = [
+            tts_pb2.SynthesizeRequest(text=TEXTS[3], speaker_id="e2e", seed=1),  # zero_shot by default
+            tts_pb2.SynthesizeRequest(text=TEXTS[3], prompt=tts_pb2.PromptAudio(audio=audio), seed=1),  # cross_lingual
+            tts_pb2.SynthesizeRequest(text=TEXTS[3], speaker_id="e2e", instruct_text="Speak slowly.", seed=1),
+        ]
+        for request in modes:
+            request.encoding = tts_pb2.AUDIO_ENCODING_PCM_F32LE
+            responses = list(tts.Synthesize(request, timeout=300))
+            assert responses[-1].is_final and _audio(responses).size > 0
+        official = cosyvoice_pb2.Request(sft_request=cosyvoice_pb2.sftRequest(spk_id="e2e", tts_text=TEXTS[3]))
+        pcm = b"".join(r.tts_audio for r in cosyvoice_pb2_grpc.CosyVoiceStub(channel).Inference(official, timeout=300))
+        assert len(pcm) > 0 and len(pcm) % 2 == 0
+
+
 def test_cancel_mid_stream_frees_the_state_in_every_stage(stack):
     with grpc.insecure_channel(stack.gateway) as channel:
         call = tts_pb2_grpc.TextToSpeechStub(channel).Synthesize(
