@@ -58,10 +58,16 @@ class StagePipeline:
         self.timeout = timeout
 
     async def run(
-        self, job: SynthesisJob, timeout: float | None = None, text_pieces: AsyncIterator[str] | None = None
+        self,
+        job: SynthesisJob,
+        timeout: float | None = None,
+        text_pieces: AsyncIterator[str] | None = None,
+        llm_done: asyncio.Event | None = None,
     ) -> AsyncIterator[AudioPiece]:
         """Audio pieces in order, the last with is_final; `timeout` caps every stage call.
-        With `text_pieces` the LLM reads the text as it arrives (bistream) instead of `job.text`."""
+        With `text_pieces` the LLM reads the text as it arrives (bistream) instead of `job.text`.
+        `llm_done` is set once the LLM has sent its last token (the flow and vocoder may still
+        be working): the moment a next segment can start without slowing this one."""
         timeout = self.timeout if timeout is None else min(timeout, self.timeout)
         flow_in: asyncio.Queue = asyncio.Queue(self.queue_chunks)
         vocoder_in: asyncio.Queue = asyncio.Queue(self.queue_chunks)
@@ -93,7 +99,7 @@ class StagePipeline:
         vocoder_start = vocoder_pb2.VocodeRequest(start=vocode_start)
         vocoder_call = self.clients.vocoder.Vocode(_requests(vocoder_start, vocoder_in), timeout=timeout)
         pumps = [
-            self._pump_tokens(llm_call, flow_in, shared, job),
+            self._pump_tokens(llm_call, flow_in, shared, job, llm_done),
             self._pump_mel(flow_call, vocoder_in, shared),
             self._pump_audio(vocoder_call, audio_out, shared),
         ]
@@ -105,10 +111,15 @@ class StagePipeline:
         async for piece in run_pumps(pumps, audio_out, on_exit=cancel_calls):
             yield piece
 
-    async def _pump_tokens(self, call: grpc.aio.Call, out: asyncio.Queue, shared: _Shared, job: SynthesisJob) -> None:
+    async def _pump_tokens(
+        self, call: grpc.aio.Call, out: asyncio.Queue, shared: _Shared, job: SynthesisJob,
+        llm_done: asyncio.Event | None,
+    ) -> None:
         feed = TokenFeed(self.policy, num_prompt_tokens=job.num_flow_prompt_tokens, stream=job.stream)
         try:
             async for response in call:
+                if response.finish_reason and llm_done is not None:
+                    llm_done.set()
                 for tokens, chunk in feed.push(response.tokens, bool(response.finish_reason)):
                     if chunk.index == 0:
                         shared.timings.llm_seconds = response.elapsed_seconds

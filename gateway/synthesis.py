@@ -17,6 +17,7 @@ from gateway.frontend_calls import FrontendClient
 from gateway.metrics import GatewayMetrics
 from gateway.modes import Mode, VoiceFacts, check_speed, choose_mode, instruction
 from gateway.pipeline import AudioPiece, StagePipeline, SynthesisJob
+from gateway.segments import back_to_back
 from gateway.voices import Voice, VoiceBook, inline_voice
 from services.common.errors import InvalidRequest
 
@@ -167,14 +168,25 @@ class Synthesizer:
         self, plan: SynthesisPlan, timeout: float | None = None, text_pieces: AsyncIterator[str] | None = None
     ) -> AsyncIterator[AudioPiece]:
         """Audio of every segment in order; only the last segment's last piece is final. Each
-        segment is its own pass through the stages (as in the reference), seeded seed + index."""
+        segment is its own pass through the stages (as in the reference), seeded seed + index,
+        and starts once the previous segment's LLM is done (gateway/segments.py)."""
         last = len(plan.segments) - 1
-        for index, segment in enumerate(plan.segments):
+        if last == 0:  # one segment (most requests, and every text stream): no tasks needed
+            async for piece in self.pipeline.run(plan.job, timeout, text_pieces):
+                yield piece
+            return
+
+        def run_segment(index: int, llm_done: asyncio.Event) -> AsyncIterator[AudioPiece]:
             job = plan.job if index == 0 else replace(
-                plan.job, text=segment, seed=(plan.job.seed + index) % SEED_MODULUS,
+                plan.job, text=plan.segments[index], seed=(plan.job.seed + index) % SEED_MODULUS,
                 request_id=f"{plan.request_id}-{index}",
             )
-            async for piece in self.pipeline.run(job, timeout, text_pieces):
-                if piece.is_final and index < last:
+            return self.pipeline.run(job, timeout, None, llm_done)
+
+        finals = 0
+        async for piece in back_to_back(len(plan.segments), run_segment, self.pipeline.queue_chunks):
+            if piece.is_final:  # every segment ends with a final piece; only the last one ends the response
+                finals += 1
+                if finals <= last:
                     piece = replace(piece, is_final=False)
-                yield piece
+            yield piece

@@ -1,0 +1,74 @@
+"""Segments back to back: order, when the next segment starts, failures, early exit."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from gateway.pipeline import AudioPiece
+from gateway.segments import back_to_back
+from tests.waiting import eventually
+
+
+def piece(value: float, final: bool = False) -> AudioPiece:
+    return AudioPiece(np.full(4, value, np.float32), 24000, final)
+
+
+class FakeSegments:
+    """Segment k yields pieces k.0, k.1 (final); its LLM is 'done' after the first piece, and
+    the second piece waits for a release, so the test decides when each segment finishes."""
+
+    def __init__(self, count: int, fail: int | None = None) -> None:
+        self.started: list[int] = []
+        self.cancelled: list[int] = []
+        self.release = [asyncio.Event() for _ in range(count)]
+        self.fail = fail
+
+    async def run(self, index: int, llm_done: asyncio.Event):
+        self.started.append(index)
+        try:
+            yield piece(index)
+            if index == self.fail:
+                raise RuntimeError(f"segment {index} failed")
+            llm_done.set()
+            await self.release[index].wait()
+            yield piece(index + 0.5, final=True)
+        except asyncio.CancelledError:
+            self.cancelled.append(index)
+            raise
+
+
+async def test_pieces_come_in_order_and_the_next_segment_starts_when_the_llm_is_done():
+    fake = FakeSegments(3)
+    stream = back_to_back(3, fake.run, queue_depth=2)
+    assert (await anext(stream)).samples[0] == 0
+    # Segment 0's LLM is done but its last piece is not: segment 1 already runs, 2 does not.
+    await eventually(lambda: fake.started == [0, 1], what="segment 1 starting")
+    for event in fake.release:
+        event.set()
+    values = [p.samples[0] async for p in stream]
+    assert values == [0.5, 1, 1.5, 2, 2.5]
+    assert fake.started == [0, 1, 2]
+
+
+async def test_a_failure_is_raised_in_its_turn_after_the_earlier_audio():
+    fake = FakeSegments(3, fail=1)
+    for event in fake.release:
+        event.set()
+    seen = []
+    with pytest.raises(RuntimeError, match="segment 1 failed"):
+        async for item in back_to_back(3, fake.run, queue_depth=2):
+            seen.append(item.samples[0])
+    assert seen == [0, 0.5, 1]
+    assert 2 not in fake.started  # nothing after the failed segment was started
+
+
+async def test_leaving_early_cancels_every_started_segment():
+    fake = FakeSegments(2)
+    stream = back_to_back(2, fake.run, queue_depth=1)
+    await anext(stream)
+    await eventually(lambda: fake.started == [0, 1], what="segment 1 starting")
+    await stream.aclose()
+    assert sorted(fake.cancelled) == sorted(fake.started) and fake.started
