@@ -17,14 +17,19 @@ def piece(value: float, final: bool = False) -> AudioPiece:
 
 
 class FakeSegments:
-    """Segment k yields pieces k.0, k.1 (final); its LLM is 'done' after the first piece, and
-    the second piece waits for a release, so the test decides when each segment finishes."""
+    """Segment k yields pieces k.0 and k.5 (final). The test decides when its LLM is done
+    (`llm_finish[k]`) and when its last piece comes (`release[k]`)."""
 
     def __init__(self, count: int, fail: int | None = None) -> None:
         self.started: list[int] = []
         self.cancelled: list[int] = []
+        self.llm_finish = [asyncio.Event() for _ in range(count)]
         self.release = [asyncio.Event() for _ in range(count)]
         self.fail = fail
+
+    def finish_all(self) -> None:
+        for event in (*self.llm_finish, *self.release):
+            event.set()
 
     async def run(self, index: int, llm_done: asyncio.Event):
         self.started.append(index)
@@ -32,6 +37,7 @@ class FakeSegments:
             yield piece(index)
             if index == self.fail:
                 raise RuntimeError(f"segment {index} failed")
+            await self.llm_finish[index].wait()
             llm_done.set()
             await self.release[index].wait()
             yield piece(index + 0.5, final=True)
@@ -44,10 +50,11 @@ async def test_pieces_come_in_order_and_the_next_segment_starts_when_the_llm_is_
     fake = FakeSegments(3)
     stream = back_to_back(3, fake.run, queue_depth=2)
     assert (await anext(stream)).samples[0] == 0
-    # Segment 0's LLM is done but its last piece is not: segment 1 already runs, 2 does not.
+    assert fake.started == [0]  # segment 0's LLM is still working: nothing else started
+    fake.llm_finish[0].set()
+    # Segment 0's LLM is done but its last piece is not: segment 1 runs already, 2 does not.
     await eventually(lambda: fake.started == [0, 1], what="segment 1 starting")
-    for event in fake.release:
-        event.set()
+    fake.finish_all()
     values = [p.samples[0] async for p in stream]
     assert values == [0.5, 1, 1.5, 2, 2.5]
     assert fake.started == [0, 1, 2]
@@ -55,8 +62,7 @@ async def test_pieces_come_in_order_and_the_next_segment_starts_when_the_llm_is_
 
 async def test_a_failure_is_raised_in_its_turn_after_the_earlier_audio():
     fake = FakeSegments(3, fail=1)
-    for event in fake.release:
-        event.set()
+    fake.finish_all()
     seen = []
     with pytest.raises(RuntimeError, match="segment 1 failed"):
         async for item in back_to_back(3, fake.run, queue_depth=2):
@@ -69,6 +75,7 @@ async def test_leaving_early_cancels_every_started_segment():
     fake = FakeSegments(2)
     stream = back_to_back(2, fake.run, queue_depth=1)
     await anext(stream)
+    fake.llm_finish[0].set()
     await eventually(lambda: fake.started == [0, 1], what="segment 1 starting")
     await stream.aclose()
     assert sorted(fake.cancelled) == sorted(fake.started) and fake.started
