@@ -118,7 +118,7 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
         try:
             async for response in responses:
                 yield response
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # the caller went away
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:

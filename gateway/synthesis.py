@@ -11,7 +11,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass, replace
-from typing import AsyncIterator
+from typing import AsyncGenerator, AsyncIterator, Awaitable, TypeVar
 
 from gateway.frontend_calls import FrontendClient
 from gateway.metrics import GatewayMetrics
@@ -22,6 +22,24 @@ from gateway.voices import Voice, VoiceBook, inline_voice
 from services.common.errors import InvalidRequest
 
 SEED_MODULUS = 1 << 63
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both results; the first failure is raised and the other call cancelled (asyncio.gather
+    would leave it running, e.g. encoding a prompt for a request already rejected)."""
+    tasks = [asyncio.ensure_future(first), asyncio.ensure_future(second)]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and task.exception() is not None:
+                raise task.exception()
+        return tasks[0].result(), tasks[1].result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @dataclass(frozen=True)
@@ -109,7 +127,7 @@ class Synthesizer:
         )
         if spec.prompt_text.strip():  # normalised while the recording is encoded
             transcript = self.frontend.normalize_prompt_text(spec.prompt_text, normalize, timeout)
-            prompt, text = await asyncio.gather(encode, transcript)
+            prompt, text = await both(encode, transcript)
         else:
             prompt, text = await encode, ""
         return inline_voice(prompt, text, spec.field)
@@ -133,9 +151,7 @@ class Synthesizer:
         if text_stream:
             voice, segments = await voice_task, [""]
         elif options.text_frontend:
-            voice, segments = await asyncio.gather(
-                voice_task, self.frontend.segments(options.text, True, timeout)
-            )
+            voice, segments = await both(voice_task, self.frontend.segments(options.text, True, timeout))
             if not segments:
                 advice = " (send it with text_frontend=false)" if options.text_field == "text" else ""
                 raise InvalidRequest(f"{options.text_field}: nothing to speak after normalisation{advice}")
@@ -176,7 +192,7 @@ class Synthesizer:
                 yield piece
             return
 
-        def run_segment(index: int, llm_done: asyncio.Event) -> AsyncIterator[AudioPiece]:
+        def run_segment(index: int, llm_done: asyncio.Event) -> AsyncGenerator[AudioPiece, None]:
             job = plan.job if index == 0 else replace(
                 plan.job, text=plan.segments[index], seed=(plan.job.seed + index) % SEED_MODULUS,
                 request_id=f"{plan.request_id}-{index}",

@@ -40,6 +40,11 @@ SILENCE_PEAK = 1e-4
 
 DECODE_HINT = "WAV, FLAC, OGG/Opus or MP3 expected"
 
+# The resampling kernel is (new, orig) after reducing both rates by their gcd: standard rates
+# give a few hundred rows (44.1 -> 16 kHz: 441/160), an odd rate like 16001 Hz gigabytes.
+MAX_REDUCED_RATE = 2000
+PROMPT_RATES = (16000, 24000)  # what the prompt is resampled to (tokens and x-vector; mel)
+
 
 @dataclass(frozen=True)
 class DecodedAudio:
@@ -67,10 +72,20 @@ def _to_mono(frames: np.ndarray) -> np.ndarray:
     return (total / np.float32(frames.shape[1])).astype(np.float32, copy=False)
 
 
-def decode_audio(data: bytes, field: str = "prompt_audio") -> DecodedAudio:
-    """Decode an audio file's bytes (any container libsndfile reads) to float32 mono."""
+def decode_audio(data: bytes, field: str = "prompt_audio", max_seconds: float | None = None) -> DecodedAudio:
+    """Decode an audio file's bytes (any container libsndfile reads) to float32 mono. With
+    `max_seconds`, a file whose header says it is longer is refused before decoding: a 32 MB
+    FLAC can hold minutes of audio, gigabytes once decoded to float32."""
     if not data:
         raise InvalidRequest(f"{field}: cannot decode the audio ({DECODE_HINT}): the audio is empty")
+    if max_seconds is not None:
+        try:
+            info = soundfile.info(io.BytesIO(data))
+            seconds = info.frames / info.samplerate if 0 < info.frames < 1 << 40 and info.samplerate > 0 else 0.0
+        except Exception:  # noqa: BLE001 - undecodable: the read below says so properly
+            seconds = 0.0
+        if seconds > max_seconds + 1.0:  # the exact limit is checked on the decoded samples
+            raise InvalidRequest(f"{field}: {seconds:.1f} s is longer than the {max_seconds:g} s limit")
     try:
         # float32 is what torchaudio asks soundfile for; libsndfile scales PCM_16 by 1/32768.
         frames, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
@@ -118,6 +133,13 @@ def check_prompt_audio(audio: DecodedAudio, field: str = "prompt_audio", max_sec
         raise InvalidRequest(
             f"{field}: {audio.sample_rate} Hz is below the minimum sample rate of {MIN_SAMPLE_RATE} Hz"
         )
+    for target in PROMPT_RATES:
+        g = math.gcd(int(audio.sample_rate), target)
+        if max(audio.sample_rate // g, target // g) > MAX_REDUCED_RATE:
+            raise InvalidRequest(
+                f"{field}: {audio.sample_rate} Hz is not a supported sample rate (use a standard rate such as "
+                "16000, 22050, 24000, 32000, 44100 or 48000 Hz)"
+            )
     if samples.size and not np.isfinite(samples).all():
         raise InvalidRequest(f"{field}: the audio contains non-finite samples (NaN or infinity)")
     # The reference measures the limit on the 16 kHz signal, whose length is torchaudio's

@@ -107,7 +107,7 @@ class FrontendRunner:
 
     def _encode(self, data: bytes, pcm16_sample_rate: int, field: str) -> tuple[PromptFeatures, float]:
         audio: DecodedAudio = pcm16_audio(data, pcm16_sample_rate, field) if pcm16_sample_rate else decode_audio(
-            data, field
+            data, field, self.max_prompt_seconds
         )
         if audio.duration > self.max_prompt_seconds:
             raise InvalidRequest(

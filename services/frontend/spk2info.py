@@ -90,6 +90,8 @@ def read_spk2info(source: bytes | Path, decode_text: Callable[[list[int]], str])
             records.append(_record(speaker_id, entry, decode_text))
         except ValueError as exc:
             raise ValueError(f"{label}: speaker {speaker_id!r}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - an odd tensor torch loaded but cannot convert
+            raise ValueError(f"{label}: speaker {speaker_id!r}: unsupported content ({type(exc).__name__})") from None
     return records
 
 
@@ -199,6 +201,9 @@ def _array(entry: dict, key: str, core_ndim: int, want_float: bool) -> np.ndarra
     value = entry[key]
     if not isinstance(value, torch.Tensor):
         raise ValueError(f"key {key!r}: expected a tensor, got {type(value).__name__}")
+    if value.layout != torch.strided or value.is_quantized or value.is_meta:
+        # weights_only still loads sparse, quantized and meta tensors; none converts to numpy.
+        raise ValueError(f"key {key!r}: expected a dense tensor, got a {value.layout} one")
     is_int = not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
     if want_float != value.is_floating_point() or (not want_float and not is_int):
         kind = "a floating-point" if want_float else "an integer"

@@ -161,3 +161,16 @@ def test_non_finite_samples_are_rejected():
 def test_field_name_leads_every_message():
     audio = DecodedAudio(np.zeros(16000, dtype=np.float32), 16000)
     assert rejection(lambda: check_prompt_audio(audio, field="voices[2].audio")).startswith("voices[2].audio: ")
+
+
+def test_an_odd_sample_rate_is_refused_before_any_resampling_kernel_is_built():
+    audio = DecodedAudio(np.full(16001, 0.1, np.float32), 16001)
+    message = rejection(lambda: check_prompt_audio(audio, field="prompt_audio"))
+    assert message.startswith("prompt_audio: 16001 Hz is not a supported sample rate")
+
+
+def test_a_file_longer_than_the_limit_is_refused_from_its_header():
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros(16000 * 40, np.float32), 16000, format="FLAC")
+    message = rejection(lambda: decode_audio(buffer.getvalue(), field="prompt_audio", max_seconds=30.0))
+    assert message == "prompt_audio: 40.0 s is longer than the 30 s limit"

@@ -281,3 +281,10 @@ def test_write_refuses_bad_input():
     bad = SpeakerRecord("bad", "", np.zeros(2, np.int64), np.zeros((4, 80), np.float32), np.ones(192, np.float32))
     with pytest.raises(ValueError, match="speaker 'bad': speech_tokens: expected dtype int32"):
         write_spk2info([bad], "async", encode)
+
+
+def test_a_sparse_tensor_is_refused_with_a_message():
+    data = as_bytes({"A": {"embedding": torch.zeros(1, 192).to_sparse()}})
+    with pytest.raises(ValueError) as caught:
+        read_spk2info(data, decode)
+    assert str(caught.value).startswith("uploaded file: speaker 'A': key 'embedding': expected a dense tensor")
