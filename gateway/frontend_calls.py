@@ -7,6 +7,8 @@ caller's field); everything else is the frontend stage's failure.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from services.common.errors import InvalidRequest, Overloaded, upstream_error
@@ -28,8 +30,13 @@ class FrontendClient:
         self.stub = stub
         self.timeout = timeout
 
-    def _timeout(self, timeout: float | None) -> float:
-        return self.timeout if timeout is None else min(timeout, self.timeout)
+    async def _call(self, method: str, request: object, timeout: float | None = None) -> Any:
+        """One unary call, capped by the gateway's stage timeout, failures mapped."""
+        deadline = self.timeout if timeout is None else min(timeout, self.timeout)
+        try:
+            return await getattr(self.stub, method)(request, timeout=deadline)
+        except grpc.aio.AioRpcError as error:
+            raise _mapped(error) from None
 
     async def encode_prompt(
         self, audio: bytes, field: str, pcm16_sample_rate: int = 0, request_id: str = "", timeout: float | None = None
@@ -37,51 +44,26 @@ class FrontendClient:
         request = frontend_pb2.EncodePromptRequest(
             request_id=request_id, audio=audio, pcm16_sample_rate=pcm16_sample_rate, field=field
         )
-        try:
-            response = await self.stub.EncodePrompt(request, timeout=self._timeout(timeout))
-        except grpc.aio.AioRpcError as error:
-            raise _mapped(error) from None
-        return response.prompt
+        return (await self._call("EncodePrompt", request, timeout)).prompt
 
     async def segments(self, text: str, normalize: bool, timeout: float | None = None) -> list[str]:
-        try:
-            response = await self.stub.SplitText(
-                frontend_pb2.SplitTextRequest(text=text, normalize=normalize), timeout=self._timeout(timeout)
-            )
-        except grpc.aio.AioRpcError as error:
-            raise _mapped(error) from None
-        return list(response.segments)
+        request = frontend_pb2.SplitTextRequest(text=text, normalize=normalize)
+        return list((await self._call("SplitText", request, timeout)).segments)
 
     async def normalize_prompt_text(self, text: str, normalize: bool, timeout: float | None = None) -> str:
         if not normalize:
             return text
-        try:
-            response = await self.stub.SplitText(
-                frontend_pb2.SplitTextRequest(text=text, normalize=True, is_prompt=True),
-                timeout=self._timeout(timeout),
-            )
-        except grpc.aio.AioRpcError as error:
-            raise _mapped(error) from None
-        return "".join(response.segments)
+        request = frontend_pb2.SplitTextRequest(text=text, normalize=True, is_prompt=True)
+        return "".join((await self._call("SplitText", request, timeout)).segments)
 
     async def presets(self) -> list[SpeakerRecord]:
-        try:
-            table = await self.stub.ListPresetSpeakers(frontend_pb2.ListPresetSpeakersRequest(), timeout=self.timeout)
-        except grpc.aio.AioRpcError as error:
-            raise _mapped(error) from None
+        table = await self._call("ListPresetSpeakers", frontend_pb2.ListPresetSpeakersRequest())
         return [record_from_proto(s, f"presets[{i}]", preset=True) for i, s in enumerate(table.speakers)]
 
     async def read_table(self, data: bytes) -> list[SpeakerRecord]:
-        try:
-            table = await self.stub.ReadSpeakerTable(frontend_pb2.ReadSpeakerTableRequest(data=data), timeout=self.timeout)
-        except grpc.aio.AioRpcError as error:
-            raise _mapped(error) from None
+        table = await self._call("ReadSpeakerTable", frontend_pb2.ReadSpeakerTableRequest(data=data))
         return [record_from_proto(s, f"spk2info[{i}]") for i, s in enumerate(table.speakers)]
 
     async def write_table(self, speakers: list[frontend_pb2.StoredSpeaker], schema: int) -> bytes:
         request = frontend_pb2.WriteSpeakerTableRequest(speakers=speakers, schema=schema)
-        try:
-            response = await self.stub.WriteSpeakerTable(request, timeout=self.timeout)
-        except grpc.aio.AioRpcError as error:
-            raise _mapped(error) from None
-        return response.data
+        return (await self._call("WriteSpeakerTable", request)).data

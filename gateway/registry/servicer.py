@@ -13,6 +13,7 @@ import time
 import grpc
 
 from gateway.frontend_calls import FrontendClient
+from gateway.synthesis import both
 from gateway.voices import VoiceBook
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound, map_errors
 from services.common.pb import frontend_pb2, speakers_pb2, speakers_pb2_grpc
@@ -53,15 +54,18 @@ class SpeakersServicer(speakers_pb2_grpc.SpeakersServicer):
         if name in self.voices.presets:
             raise AlreadyExists(f"{field}: {name!r} is a preset speaker of the model; choose another name")
 
-    async def _put(self, record: SpeakerRecord, overwrite: bool) -> None:
+    async def _put(self, records: list[SpeakerRecord], overwrite: bool, field: str, invalid_prefix: str = "") -> None:
+        """One store transaction: every record or none."""
         try:
-            await self.voices.in_store(lambda: self.voices.store.put(record, overwrite=overwrite))
-        except SpeakerExists:
-            raise AlreadyExists(
-                f"name: speaker {record.name!r} already exists (set overwrite to replace it)"
-            ) from None
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from None
+            await self.voices.in_store(lambda: self.voices.store.put_many(records, overwrite=overwrite))
+        except SpeakerExists as exc:  # taken meanwhile by another call: the store checks atomically
+            raise AlreadyExists(f"{field}: speaker {exc.name!r} already exists (set overwrite to replace it)") from None
+        except ValueError as exc:  # e.g. one name twice in a file
+            raise InvalidRequest(f"{invalid_prefix}{exc}") from None
+
+    async def _registered(self, names: list[str]) -> list[str]:
+        """The names among `names` that registered speakers already have."""
+        return [name for name in names if await self.voices.in_store(self.voices.store.get, name) is not None]
 
     @map_errors
     async def RegisterSpeaker(
@@ -74,16 +78,18 @@ class SpeakersServicer(speakers_pb2_grpc.SpeakersServicer):
             raise InvalidRequest(f"prompt.text: longer than {MAX_TRANSCRIPT_CHARS} characters")
         if not request.prompt.audio:
             raise InvalidRequest("prompt.audio: must not be empty")
-        if not request.overwrite and await self.voices.in_store(self.voices.store.get, request.name) is not None:
+        if not request.overwrite and await self._registered([request.name]):
             # Checked before the encoding work too; the store checks again atomically.
             raise AlreadyExists(f"name: speaker {request.name!r} already exists (set overwrite to replace it)")
         normalize = request.text_frontend if request.HasField("text_frontend") else True
         timeout = context.time_remaining()
-        prompt = await self.frontend.encode_prompt(request.prompt.audio, "prompt.audio", timeout=timeout)
-        transcript = await self.frontend.normalize_prompt_text(request.prompt.text, normalize, timeout)
+        prompt, transcript = await both(  # the transcript is normalised while the recording is encoded
+            self.frontend.encode_prompt(request.prompt.audio, "prompt.audio", timeout=timeout),
+            self.frontend.normalize_prompt_text(request.prompt.text, normalize, timeout),
+        )
         tokens, mel, embedding = prompt_from_proto(prompt, "frontend.prompt")
         record = SpeakerRecord(request.name, transcript, tokens, mel, embedding, created_at=time.time())
-        await self._put(record, request.overwrite)
+        await self._put([record], request.overwrite, "name")
         return speaker_message(record)
 
     @map_errors
@@ -128,10 +134,10 @@ class SpeakersServicer(speakers_pb2_grpc.SpeakersServicer):
             raise InvalidRequest("spk2info: the file holds no speakers")
         now = time.time()
         records = [dataclasses.replace(r, created_at=now, preset=False) for r in records]
+        taken = set(await self._registered([r.name for r in records]))
         skipped: list[str] = []
         if request.skip_existing:
-            taken = {r.name for r in records if r.name in self.voices.presets}
-            taken |= {r.name for r in records if await self.voices.in_store(self.voices.store.get, r.name)}
+            taken |= {r.name for r in records if r.name in self.voices.presets}
             skipped = [r.name for r in records if r.name in taken]
             records = [r for r in records if r.name not in taken]
         for record in records:  # every check before the first write: all or nothing
@@ -140,24 +146,16 @@ class SpeakersServicer(speakers_pb2_grpc.SpeakersServicer):
                 validate(record)
             except ValueError as exc:
                 raise InvalidRequest(f"spk2info: speaker {record.name!r}: {exc}") from None
-        if not request.overwrite:
-            taken_names = [r.name for r in records if await self.voices.in_store(self.voices.store.get, r.name)]
-            if taken_names:
+        if not request.overwrite and not request.skip_existing:
+            existing = [r.name for r in records if r.name in taken]
+            if existing:
                 raise AlreadyExists(
-                    f"spk2info: speakers {taken_names[:5]} already exist (set overwrite to replace them, or "
+                    f"spk2info: speakers {existing[:5]} already exist (set overwrite to replace them, or "
                     "skip_existing to import the others)"
                 )
-        try:
-            if records:
-                await self.voices.in_store(self._put_all, records, request.overwrite)
-        except SpeakerExists as exc:  # registered meanwhile by another call
-            raise AlreadyExists(f"spk2info: speaker {exc.name!r} already exists (set overwrite to replace it)") from None
-        except ValueError as exc:  # e.g. one name twice in the file
-            raise InvalidRequest(f"spk2info: {exc}") from None
+        if records:
+            await self._put(records, request.overwrite, "spk2info", invalid_prefix="spk2info: ")
         return speakers_pb2.ImportSpeakersResponse(names=[r.name for r in records], skipped=skipped)
-
-    def _put_all(self, records: list[SpeakerRecord], overwrite: bool) -> None:
-        self.voices.store.put_many(records, overwrite=overwrite)  # one transaction: all or nothing
 
     @map_errors
     async def ExportSpeakers(
