@@ -132,6 +132,18 @@ class Synthesizer:
             prompt, text = await encode, ""
         return inline_voice(prompt, text, spec.field)
 
+    async def _segments(self, options: SynthesisOptions, timeout: float | None, text_stream: bool) -> list[str]:
+        """The text segments to synthesise in turn (a text stream has one, its text comes later)."""
+        if text_stream:
+            return [""]
+        if not options.text_frontend:
+            return [options.text]
+        segments = await self.frontend.segments(options.text, True, timeout)
+        if not segments:
+            advice = " (send it with text_frontend=false)" if options.text_field == "text" else ""
+            raise InvalidRequest(f"{options.text_field}: nothing to speak after normalisation{advice}")
+        return segments
+
     async def plan(
         self, options: SynthesisOptions, timeout: float | None = None, *, text_stream: bool = False
     ) -> SynthesisPlan:
@@ -143,20 +155,13 @@ class Synthesizer:
             choose_mode(options.mode, VoiceFacts("prompt", True, bool(options.voice.prompt_text.strip())),
                         options.instruct_text)
         if options.voice.prompt_audio is None:
-            # A name is looked up first (microseconds): an unknown speaker costs the stages nothing.
-            voice_task = asyncio.ensure_future(self._voice(options.voice, options.text_frontend, timeout))
-            await asyncio.wait({voice_task})
+            # A name is looked up first (microseconds): an unknown speaker costs the frontend nothing.
+            voice = await self._voice(options.voice, options.text_frontend, timeout)
+            segments = await self._segments(options, timeout, text_stream)
         else:  # an inline recording is encoded while the text is normalised
-            voice_task = self._voice(options.voice, options.text_frontend, timeout)
-        if text_stream:
-            voice, segments = await voice_task, [""]
-        elif options.text_frontend:
-            voice, segments = await both(voice_task, self.frontend.segments(options.text, True, timeout))
-            if not segments:
-                advice = " (send it with text_frontend=false)" if options.text_field == "text" else ""
-                raise InvalidRequest(f"{options.text_field}: nothing to speak after normalisation{advice}")
-        else:
-            voice, segments = await voice_task, [options.text]
+            voice, segments = await both(
+                self._voice(options.voice, options.text_frontend, timeout), self._segments(options, timeout, text_stream)
+            )
         facts = VoiceFacts(options.voice.given, voice.has_recording, bool(voice.prompt_text))
         mode = choose_mode(options.mode, facts, options.instruct_text)
         llm_text, llm_tokens = "", ()

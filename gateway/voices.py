@@ -66,10 +66,12 @@ class VoiceBook:
         self.store = store
         self.frontend = frontend
         self.presets: dict[str, SpeakerRecord] = {}
+        self._preset_voices: dict[str, Voice] = {}  # wire form made once: presets never change
         self._pool = ThreadPoolExecutor(max_workers=num_threads, thread_name_prefix="speaker-store")
 
     async def load_presets(self) -> None:
         self.presets = {record.name: record for record in await self.frontend.presets()}
+        self._preset_voices = {name: voice_of(record) for name, record in self.presets.items()}
 
     @property
     def default_preset(self) -> str | None:
@@ -99,7 +101,8 @@ class VoiceBook:
                     "or send prompt audio"
                 )
             name = default
-        return voice_of(await self.record(name, field))
+        preset = self._preset_voices.get(name)
+        return preset if preset is not None else voice_of(await self.record(name, field))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
