@@ -64,25 +64,25 @@ def choose_mode(requested: Mode | None, voice: VoiceFacts, instruct_text: str) -
     if mode is Mode.ZERO_SHOT:
         if voice.given == "prompt" and not voice.has_transcript:
             raise InvalidRequest("prompt.text: zero_shot needs the transcript of prompt.audio")
-        if not voice.has_recording:
-            raise InvalidRequest(
-                "speaker_id: zero_shot needs a voice with a prompt recording (a registered speaker or prompt "
-                "audio); this preset has only an x-vector"
-            )
+        _need_recording(mode, voice)
     if mode is Mode.CROSS_LINGUAL:
         if voice.given == "prompt" and voice.has_transcript:
             raise InvalidRequest("prompt.text: cross_lingual does not use a transcript; leave it empty or use zero_shot")
-        if not voice.has_recording:
-            raise InvalidRequest(
-                "speaker_id: cross_lingual needs a voice with a prompt recording (a registered speaker or prompt "
-                "audio); this preset has only an x-vector"
-            )
+        _need_recording(mode, voice)
     if mode is Mode.INSTRUCT2:
         if not instruct_text.strip():
             raise InvalidRequest("instruct_text: instruct2 needs an instruction, e.g. 'Speak slowly.'")
         if voice.given == "prompt" and voice.has_transcript:
             raise InvalidRequest("prompt.text: instruct2 does not use a transcript; leave it empty")
     return mode
+
+
+def _need_recording(mode: Mode, voice: VoiceFacts) -> None:
+    if not voice.has_recording:
+        raise InvalidRequest(
+            f"speaker_id: {mode.value} needs a voice with a prompt recording (a registered speaker or prompt "
+            "audio); this preset has only an x-vector"
+        )
 
 
 def instruction(instruct_text: str) -> str:

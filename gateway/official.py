@@ -28,11 +28,14 @@ from services.common.pb import cosyvoice_pb2, cosyvoice_pb2_grpc
 OFFICIAL_PROMPT_SAMPLE_RATE = 16000
 
 
-def _raw_pcm(audio: bytes, field: str) -> bytes:
+def _pcm_voice(kind: str, audio: bytes, transcript: str = "") -> VoiceSpec:
+    """An official request's prompt: raw 16-bit PCM at 16 kHz, named as that API names it."""
+    field = f"{kind}.prompt_audio"
     # The official server would read a WAV header as samples and clone a click; say so instead.
     if audio[:4] == b"RIFF" and audio[8:12] == b"WAVE":
         raise InvalidRequest(f"{field}: this is a WAV file; the official API takes raw 16-bit PCM at 16 kHz, no header")
-    return audio
+    return VoiceSpec(prompt_audio=audio, prompt_text=transcript, pcm16_sample_rate=OFFICIAL_PROMPT_SAMPLE_RATE,
+                     field=f"{kind}.prompt", audio_field=field)
 
 
 def official_options(request: cosyvoice_pb2.Request) -> SynthesisOptions:
@@ -45,20 +48,14 @@ def official_options(request: cosyvoice_pb2.Request) -> SynthesisOptions:
                                 text_field="sft_request.tts_text")
     if kind == "zero_shot_request":
         body = request.zero_shot_request
-        voice = VoiceSpec(prompt_audio=_raw_pcm(body.prompt_audio, "zero_shot_request.prompt_audio"),
-                          prompt_text=body.prompt_text, audio_field="zero_shot_request.prompt_audio",
-                          pcm16_sample_rate=OFFICIAL_PROMPT_SAMPLE_RATE, field="zero_shot_request.prompt")
         if not body.prompt_text.strip():
             raise InvalidRequest("zero_shot_request.prompt_text: the transcript of prompt_audio is required")
-        return SynthesisOptions(body.tts_text, voice, Mode.ZERO_SHOT, seed=seed, stream=False,
-                                text_field="zero_shot_request.tts_text")
+        return SynthesisOptions(body.tts_text, _pcm_voice(kind, body.prompt_audio, body.prompt_text), Mode.ZERO_SHOT,
+                                seed=seed, stream=False, text_field="zero_shot_request.tts_text")
     if kind == "cross_lingual_request":
         body = request.cross_lingual_request
-        voice = VoiceSpec(prompt_audio=_raw_pcm(body.prompt_audio, "cross_lingual_request.prompt_audio"),
-                          audio_field="cross_lingual_request.prompt_audio", pcm16_sample_rate=OFFICIAL_PROMPT_SAMPLE_RATE,
-                          field="cross_lingual_request.prompt")
-        return SynthesisOptions(body.tts_text, voice, Mode.CROSS_LINGUAL, seed=seed, stream=False,
-                                text_field="cross_lingual_request.tts_text")
+        return SynthesisOptions(body.tts_text, _pcm_voice(kind, body.prompt_audio), Mode.CROSS_LINGUAL, seed=seed,
+                                stream=False, text_field="cross_lingual_request.tts_text")
     if kind == "instruct_request":
         body = request.instruct_request
         if not body.instruct_text.strip():

@@ -21,7 +21,7 @@ import numpy as np
 
 from services.common.errors import InvalidRequest
 from services.common.modeldir.layout import ModelDir, ModelDirError
-from services.frontend.audio import TOKENIZER_RATE, DecodedAudio, check_prompt_audio
+from services.frontend.audio import MAX_PROMPT_SECONDS, TOKENIZER_RATE, DecodedAudio, check_prompt_audio
 from services.frontend.features import MelConfig, kaldi_fbank, prompt_mel, whisper_log_mel
 from services.frontend.onnx_models import SpeakerEncoder, SpeechTokenizer
 from services.frontend.resample import resample
@@ -99,8 +99,10 @@ class PromptEncoder:
             return resample(audio.samples, audio.sample_rate, self.sample_rate)
         return resample(speech_16k, TOKENIZER_RATE, self.sample_rate)
 
-    def encode(self, audio: DecodedAudio, field: str = "prompt_audio") -> PromptFeatures:
-        check_prompt_audio(audio, field)
+    def encode(
+        self, audio: DecodedAudio, field: str = "prompt_audio", max_seconds: float = MAX_PROMPT_SECONDS
+    ) -> PromptFeatures:
+        check_prompt_audio(audio, field, max_seconds)
         speech_16k = resample(audio.samples, audio.sample_rate, TOKENIZER_RATE)
         mel = prompt_mel(self.mel_signal(audio, speech_16k), self.mel_config)
         tokens = self.tokenizer(whisper_log_mel(speech_16k))

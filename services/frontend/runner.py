@@ -10,6 +10,7 @@ gets RESOURCE_EXHAUSTED instead of unbounded memory.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -66,7 +67,8 @@ class FrontendRunner:
         presets: list[SpeakerRecord] = []
         if model_dir.spk2info_path is not None:
             presets = [
-                _as_preset(record) for record in read_spk2info(model_dir.spk2info_path, _decode_keeping_specials(tokenizer))
+                dataclasses.replace(record, preset=True)
+                for record in read_spk2info(model_dir.spk2info_path, _decode_keeping_specials(tokenizer))
             ]
         logger.info("frontend ready: %d preset speakers", len(presets))
         return cls(
@@ -109,11 +111,7 @@ class FrontendRunner:
         audio: DecodedAudio = pcm16_audio(data, pcm16_sample_rate, field) if pcm16_sample_rate else decode_audio(
             data, field, self.max_prompt_seconds
         )
-        if audio.duration > self.max_prompt_seconds:
-            raise InvalidRequest(
-                f"{field}: {audio.duration:.1f} s is longer than the {self.max_prompt_seconds:g} s limit"
-            )
-        return self.encoder.encode(audio, field), audio.duration
+        return self.encoder.encode(audio, field, self.max_prompt_seconds), audio.duration
 
     async def split_text(self, text: str, normalize: bool, is_prompt: bool) -> list[str]:
         self.metrics.texts.inc()
@@ -136,12 +134,6 @@ class FrontendRunner:
 def _decode_keeping_specials(tokenizer: CosyVoiceTokenizer) -> Callable[[list[int]], str]:
     # A stored transcript may hold special tokens (e.g. <|endofprompt|>): keep them.
     return lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
-
-
-def _as_preset(record: SpeakerRecord) -> SpeakerRecord:
-    import dataclasses
-
-    return dataclasses.replace(record, preset=True)
 
 
 def _providers(config: FrontendServiceConfig) -> list:

@@ -49,9 +49,8 @@ class SpeechTokenGeneratorServicer(llm_pb2_grpc.SpeechTokenGeneratorServicer):
             if len(getattr(request, name)) > self.max_text_chars:
                 raise InvalidRequest(f"{name}: longer than {self.max_text_chars} characters")
         self._check_prompt_speech(request.prompt_speech_tokens)
-        overrides = {name: getattr(request.sampling, name) for name in _OVERRIDABLE if request.sampling.HasField(name)}
         source = GenerationRequest(
-            request.text, request.prompt_text, tuple(request.prompt_speech_tokens), overrides
+            request.text, request.prompt_text, tuple(request.prompt_speech_tokens), _overrides(request.sampling)
         )
         first = True
         async for event in self.engine.generate(source):
@@ -75,8 +74,7 @@ class SpeechTokenGeneratorServicer(llm_pb2_grpc.SpeechTokenGeneratorServicer):
         if len(start.prompt_text) > self.max_text_chars:
             raise InvalidRequest(f"prompt_text: longer than {self.max_text_chars} characters")
         self._check_prompt_speech(start.prompt_speech_tokens)
-        overrides = {name: getattr(start.sampling, name) for name in _OVERRIDABLE if start.sampling.HasField(name)}
-        source = BistreamStart(start.prompt_text, tuple(start.prompt_speech_tokens), overrides)
+        source = BistreamStart(start.prompt_text, tuple(start.prompt_speech_tokens), _overrides(start.sampling))
         async for event in self.engine.generate_bistream(source, self._checked_pieces(pieces)):
             yield _response(event, received)
 
@@ -92,6 +90,11 @@ class SpeechTokenGeneratorServicer(llm_pb2_grpc.SpeechTokenGeneratorServicer):
                     f"text: the pieces total more than {self.max_bistream_text_chars} characters (max_bistream_text_chars)"
                 )
             yield piece
+
+
+def _overrides(sampling: llm_pb2.SamplingParams) -> dict[str, object]:
+    """The sampling settings the caller set; the rest keep the model's yaml values."""
+    return {name: getattr(sampling, name) for name in _OVERRIDABLE if sampling.HasField(name)}
 
 
 def _response(event: TokenEvent, received: float) -> llm_pb2.GenerateResponse:
