@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from services.cli.synth import DEFAULT_ADDRESS, CliError, gateway_channel, read_input, run_cli
+from services.cli.client import DEFAULT_ADDRESS, CliError, gateway_channel, read_input, run_cli
 from services.common.pb import speakers_pb2, speakers_pb2_grpc, tts_pb2
 
 PROG = "cosyvoice speakers"

@@ -1,7 +1,7 @@
 """`cosyvoice synth "text" -o out.wav`: synthesize through a running gateway into a WAV file.
 
-A client only: grpc and the generated stubs, no torch. The helpers above `main` (the default
-address, one-line errors, the gateway channel) are shared with `cosyvoice speakers`.
+A client only: grpc and the generated stubs, no torch; the helpers it shares with
+`cosyvoice speakers` are in services/cli/client.py.
 """
 
 from __future__ import annotations
@@ -9,101 +9,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import stat
-import sys
 import time
 import wave
-from typing import BinaryIO, Callable, Iterator, Sequence
+from typing import BinaryIO, Sequence
 
-import grpc
-
+from services.cli.client import DEFAULT_ADDRESS, CliError, gateway_channel, read_input, run_cli
 from services.common.pb import tts_pb2, tts_pb2_grpc
-from services.common.server import CHANNEL_OPTIONS
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
 SYNTH_TIMEOUT_SECONDS = 600.0
-# After an UNAVAILABLE, how long to wait for the channel to connect before calling the
-# gateway unreachable (an UNAVAILABLE the gateway itself sent comes over a READY channel).
-REACH_PROBE_SECONDS = 0.5
 MODES = {
     "sft": tts_pb2.SYNTHESIS_MODE_SFT,
     "zero_shot": tts_pb2.SYNTHESIS_MODE_ZERO_SHOT,
     "cross_lingual": tts_pb2.SYNTHESIS_MODE_CROSS_LINGUAL,
     "instruct2": tts_pb2.SYNTHESIS_MODE_INSTRUCT2,
 }
-
-
-class CliError(Exception):
-    """An error the user can act on; `run_cli` prints its message as one line and exits 1."""
-
-
-def one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-# The gateway names API fields; a CLI user knows the flags. Whole field names only.
-_FLAGS = {
-    "prompt.text": "--prompt-text", "prompt.audio": "--prompt-audio", "instruct_text": "--instruct",
-    "speaker_id": "--speaker", "overwrite": "--overwrite", "skip_existing": "--skip-existing",
-    "text_frontend=false": "--no-text-frontend",
-}
-_FIELD = re.compile(r"(?<![\w.-])(" + "|".join(re.escape(f) for f in _FLAGS) + r")(?![\w.])")
-
-
-def in_flag_names(details: str) -> str:
-    """A gateway message with the API's field names replaced by this CLI's flags."""
-    return _FIELD.sub(lambda match: _FLAGS[match.group(1)], details)
-
-
-def run_cli(prog: str, body: Callable[[], None]) -> None:
-    """Run `body`, turning every error a user can reach into one stderr line and exit 1."""
-    try:
-        body()
-    except CliError as error:
-        print(f"{prog}: {one_line(str(error))}", file=sys.stderr)
-        raise SystemExit(1) from None
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
-
-
-def _is_connected(channel: grpc.Channel) -> bool:
-    future = grpc.channel_ready_future(channel)
-    try:
-        future.result(timeout=REACH_PROBE_SECONDS)
-        return True
-    except grpc.FutureTimeoutError:
-        return False
-    finally:
-        future.cancel()
-
-
-@contextlib.contextmanager
-def gateway_channel(address: str) -> Iterator[grpc.Channel]:
-    """A channel to the gateway; an RPC error raised inside becomes a one-line CliError."""
-    try:
-        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-    except (ValueError, RuntimeError) as error:
-        raise CliError(f"bad --address {address!r}: {error}") from None
-    with channel:
-        try:
-            yield channel
-        except grpc.RpcError as error:
-            code = error.code()
-            # A refused connection and a gateway reporting a stage down are both UNAVAILABLE;
-            # only the channel state tells them apart.
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not _is_connected(channel):
-                raise CliError(f"cannot reach the gateway at {address} ({code.name})") from None
-            raise CliError(f"{code.name}: {in_flag_names(error.details() or '')}") from None
-
-
-def read_input(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as file:
-            return file.read()
-    except OSError as error:
-        raise CliError(f"cannot read {what} {path!r}: {error.strerror or error}") from None
 
 
 class WavSink:

@@ -12,6 +12,7 @@ from tests.conftest import ROOT
 TORCH_FREE = [
     "gateway.server",
     "services.cli.synth",
+    "services.cli.client",
     "services.cli.speakers",
     "services.cli.main",
     "services.llm.servicer",
