@@ -29,6 +29,13 @@ commands:
   bench voices [options]                    registered speaker vs inline prompt: time to first audio
   make-tiny-model OUT_DIR [--seed N] [--no-presets] [--full-size] [--force]
                                             write a random-weight model in the official layout
+  check-model DIR                           validate a model directory: files, shapes, dtypes,
+                                            preset speakers, and what each mode still lacks
+  download-model NAME DIR                   fetch an official model from a hub (huggingface or
+                                            modelscope), then check it
+  health [HOST:PORT] [--service NAME]       exit 0 if the service reports SERVING (the images'
+                                            healthcheck)
+  --version                                 print the version
 
 `cosyvoice <command> --help` shows a command's options.
 """
@@ -56,10 +63,23 @@ def _serve(argv: Sequence[str]) -> None:
         raise SystemExit(f"cosyvoice serve {stage}: {exc}") from None
 
 
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("cosyvoice-serving")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
+        return
+    if argv[0] in ("--version", "-V", "version"):
+        print(f"cosyvoice {version()}")
         return
     command, rest = argv[0], argv[1:]
     if command == "serve":
@@ -80,6 +100,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         from services.cli.bench import main as bench_main
 
         bench_main(rest)
+    elif command == "health":
+        from services.cli.health import main as health_main
+
+        health_main(rest)
+    elif command == "check-model":
+        from services.cli.check_model import main as check_model_main
+
+        check_model_main(rest)
+    elif command == "download-model":
+        from services.cli.download_model import main as download_model_main
+
+        download_model_main(rest)
     elif command == "make-tiny-model":
         from services.tinymodel.writer import main as tiny_main
 

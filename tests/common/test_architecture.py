@@ -15,6 +15,7 @@ TORCH_FREE = [
     "services.cli.client",
     "services.cli.speakers",
     "services.cli.main",
+    "services.cli.health",
     "services.llm.servicer",
     "services.flow.servicer",
     "services.vocoder.servicer",

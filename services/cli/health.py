@@ -1,0 +1,47 @@
+"""`cosyvoice health`: ask a service's gRPC health service whether it is SERVING.
+
+This is the healthcheck command of the images (compose `healthcheck.test`), so it imports no
+torch and starts fast: grpcio and the generated health stubs only. Exit code 0 means SERVING;
+anything else is one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def check(address: str, service: str = "", timeout: float = 3.0) -> str:
+    """The status name the service reports (e.g. SERVING); raises grpc.RpcError if unreachable."""
+    with grpc.insecure_channel(address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        )
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="cosyvoice health", description=__doc__.split("\n\n")[0])
+    parser.add_argument("address", nargs="?", default=DEFAULT_ADDRESS, help=f"host:port (default {DEFAULT_ADDRESS})")
+    parser.add_argument("--service", default="", help="a service name, e.g. cosyvoice.v1.TextToSpeech ('' = the whole server)")
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    args = parser.parse_args(argv)
+    if args.timeout <= 0:
+        raise SystemExit(f"cosyvoice health: --timeout must be > 0 (got {args.timeout})")
+    try:
+        status = check(args.address, args.service, args.timeout)
+    except grpc.RpcError as error:
+        code = error.code().name if hasattr(error, "code") else "UNKNOWN"
+        if code == "NOT_FOUND":
+            raise SystemExit(f"cosyvoice health: {args.address} serves no {args.service!r}") from None
+        raise SystemExit(f"cosyvoice health: {args.address} is not reachable ({code})") from None
+    if status != "SERVING":
+        target = f"{args.address} {args.service}".strip()
+        raise SystemExit(f"cosyvoice health: {target} is {status}")
+    print(f"{args.address} SERVING")
