@@ -1,13 +1,64 @@
-"""Channels and stubs of the three stages, one set per gateway process."""
+"""Channels and stubs of the four stages, one set per gateway process.
+
+A stage address may name several replicas: `dns:///llm:50052` (every address the name resolves
+to: compose service replicas, a Kubernetes headless Service), `ipv4:10.0.0.1:50052,10.0.0.2:50052`,
+or a comma list of `IP:PORT`. Each channel balances calls round robin over the replicas and skips
+those whose health service does not report SERVING (a replica loading, draining or gone). A
+stream is one call, so a request's stream to a stage stays on the replica that accepted it.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+import json
 from dataclasses import dataclass
 
 import grpc
 
 from services.common.pb import flow_pb2_grpc, frontend_pb2_grpc, llm_pb2_grpc, vocoder_pb2_grpc
 from services.common.server import CHANNEL_OPTIONS
+
+# Client-side health checking: round_robin only picks replicas whose Health.Watch("") says SERVING.
+SERVICE_CONFIG = json.dumps(
+    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+)
+BALANCED_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.service_config", SERVICE_CONFIG)]
+_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:")
+
+
+class AddressError(ValueError):
+    """A stage address that cannot name its replicas."""
+
+
+def _is_ip_port(item: str) -> bool:
+    host, sep, port = item.rpartition(":")
+    if not sep or not port.isdigit():
+        return False
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def channel_target(address: str) -> str:
+    """The gRPC target of a stage address (see the module doc); raises AddressError."""
+    address = address.strip()
+    if address.startswith(_SCHEMES):
+        return address
+    items = [item.strip() for item in address.split(",") if item.strip()]
+    if len(items) <= 1:
+        if not items or ":" not in items[0]:
+            raise AddressError("must be host:port, a comma list of IP:PORT, or a gRPC target such as dns:///NAME:PORT")
+        return items[0]
+    if not all(_is_ip_port(item) for item in items):
+        raise AddressError("lists replicas by IP:PORT only; for a name that resolves to every replica, use dns:///NAME:PORT")
+    family = "ipv6" if any(item.startswith("[") for item in items) else "ipv4"
+    return f"{family}:{','.join(items)}"
+
+
+def balanced_channel(address: str) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(channel_target(address), options=BALANCED_CHANNEL_OPTIONS)
 
 
 @dataclass
@@ -20,12 +71,10 @@ class StageClients:
 
     @classmethod
     def connect(cls, llm_addr: str, flow_addr: str, vocoder_addr: str, frontend_addr: str) -> "StageClients":
-        # One HTTP/2 channel per stage multiplexes every request's stream; a stage that is down
-        # fails calls at once with UNAVAILABLE (no wait_for_ready), which the gateway reports.
-        llm = grpc.aio.insecure_channel(llm_addr, options=CHANNEL_OPTIONS)
-        flow = grpc.aio.insecure_channel(flow_addr, options=CHANNEL_OPTIONS)
-        vocoder = grpc.aio.insecure_channel(vocoder_addr, options=CHANNEL_OPTIONS)
-        frontend = grpc.aio.insecure_channel(frontend_addr, options=CHANNEL_OPTIONS)
+        # One HTTP/2 channel per stage replica multiplexes every request's stream; when no
+        # replica is up, calls fail at once with UNAVAILABLE (no wait_for_ready), which the
+        # gateway reports naming the stage.
+        llm, flow, vocoder, frontend = (balanced_channel(a) for a in (llm_addr, flow_addr, vocoder_addr, frontend_addr))
         return cls(
             llm=llm_pb2_grpc.SpeechTokenGeneratorStub(llm),
             flow=flow_pb2_grpc.FlowDecoderStub(flow),

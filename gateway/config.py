@@ -7,6 +7,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from gateway.clients import AddressError, channel_target
 from services.common.chunking import ChunkPolicy
 from services.common.config import ServerConfig, check, setting
 
@@ -21,10 +22,10 @@ class GatewayConfig(ServerConfig):
     ENV_PREFIX = "COSYVOICE_GATEWAY_"
     PROG = "cosyvoice serve gateway"
 
-    llm_addr: str = setting("", "host:port of the LLM stage (required)")
-    flow_addr: str = setting("", "host:port of the flow stage (required)")
-    vocoder_addr: str = setting("", "host:port of the vocoder stage (required)")
-    frontend_addr: str = setting("", "host:port of the frontend stage (required)")
+    llm_addr: str = setting("", "the LLM stage (required): host:port, IP:PORT,IP:PORT or dns:///NAME:PORT for replicas")
+    flow_addr: str = setting("", "the flow stage (required): host:port, IP:PORT,IP:PORT or dns:///NAME:PORT")
+    vocoder_addr: str = setting("", "the vocoder stage (required): host:port, IP:PORT,IP:PORT or dns:///NAME:PORT")
+    frontend_addr: str = setting("", "the frontend stage (required): host:port, IP:PORT,IP:PORT or dns:///NAME:PORT")
     speaker_db: str = setting(
         str(DEFAULT_SPEAKER_DB), "registered speakers: a SQLite file (created if missing) or :memory:"
     )
@@ -41,6 +42,10 @@ class GatewayConfig(ServerConfig):
         super().validate()
         for name in ("llm_addr", "flow_addr", "vocoder_addr", "frontend_addr"):
             check(":" in getattr(self, name), self, name, "is required, as host:port")
+            try:
+                channel_target(getattr(self, name))
+            except AddressError as exc:
+                check(False, self, name, str(exc))
         check(self.max_text_chars >= 1, self, "max_text_chars", "must be >= 1")
         check(self.max_concurrent_requests >= 1, self, "max_concurrent_requests", "must be >= 1")
         check(self.stage_queue_chunks >= 1, self, "stage_queue_chunks", "must be >= 1")

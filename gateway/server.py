@@ -12,7 +12,7 @@ from typing import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.clients import StageClients
+from gateway.clients import StageClients, balanced_channel
 from gateway.config import GatewayConfig
 from gateway.frontend_calls import FrontendClient
 from gateway.metrics import GatewayMetrics
@@ -86,7 +86,7 @@ async def wait_for_stages(config: GatewayConfig, poll_seconds: float = 0.5) -> N
         announced = False
         while True:
             try:
-                async with grpc.aio.insecure_channel(address) as channel:
+                async with balanced_channel(address) as channel:
                     stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
                     async for reply in stream:
                         if reply.status == health_pb2.HealthCheckResponse.SERVING:
