@@ -26,6 +26,16 @@ def setting(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirr
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
 
+# Each service's fixed /metrics port (its config's default; compose, Kubernetes and
+# `cosyvoice up` use the same numbers, docs/metrics.md lists them).
+DEFAULT_METRICS_PORTS = {"gateway": 9400, "llm": 9401, "flow": 9402, "vocoder": 9403, "frontend": 9404}
+
+
+def metrics_port_setting(service: str) -> Any:
+    """A service's metrics_port field: its fixed port by default."""
+    return setting(DEFAULT_METRICS_PORTS[service], "Prometheus /metrics HTTP port; 0 picks a free one, -1 disables")
+
+
 @dataclasses.dataclass
 class ServerConfig:
     """Settings every gRPC process has."""
@@ -33,13 +43,21 @@ class ServerConfig:
     host: str = setting("127.0.0.1", "interface to listen on (0.0.0.0 in containers)")
     port: int = setting(0, "gRPC port; 0 picks a free one")
     metrics_port: int = setting(-1, "Prometheus /metrics HTTP port; 0 picks a free one, -1 disables")
+    metrics_host: str = setting("", "interface the /metrics HTTP server listens on; empty: the same as --host")
     grace_seconds: float = setting(10.0, "on SIGTERM, how long in-flight streams may finish")
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_json: bool = setting(False, "log one JSON object per line")
 
+    @property
+    def metrics_bind_host(self) -> str:
+        """Where /metrics listens: its own interface (e.g. 0.0.0.0 for a scraper while gRPC stays
+        private), else gRPC's."""
+        return self.metrics_host or self.host
+
     def validate(self) -> None:
         check(0 <= self.port <= 65535, self, "port", "must be in 0..65535")
         check(-1 <= self.metrics_port <= 65535, self, "metrics_port", "must be -1 or in 0..65535")
+        check(not any(c.isspace() for c in self.metrics_host), self, "metrics_host", "must not contain spaces")
         check(self.grace_seconds >= 0, self, "grace_seconds", "must be >= 0")
         check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), self, "log_level",
               "must be DEBUG, INFO, WARNING or ERROR")

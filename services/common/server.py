@@ -1,9 +1,13 @@
-"""The one server bootstrap of all four processes (llm, flow, vocoder, gateway).
+"""The one server bootstrap of all five processes (llm, flow, vocoder, frontend, gateway).
 
 Order of events: bind and start serving the health service as NOT_SERVING, load weights and
 warm up (in a worker thread, so health checks keep being answered), flip to SERVING, and on
 SIGTERM/SIGINT flip back to NOT_SERVING and stop with a grace period that lets in-flight
 streams drain.
+
+Metrics every process shares are set up here too: the interceptor that counts every RPC by
+final status code (services/common/rpc_metrics.py), process_* and the build info, all on the
+service's own registry, served on its own port and interface (metrics_port, metrics_host).
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from services.common.config import ServerConfig
+from services.common.config import ConfigError, ServerConfig, setting_names
+from services.common.metrics import make_registry, register_process_metrics
+from services.common.rpc_metrics import RpcMetrics, RpcMetricsInterceptor
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +52,11 @@ SERVER_OPTIONS = [
 ]
 
 
+_HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# grpcio-reflection serves the v1alpha name; newer clients also try v1.
+_REFLECTION_SERVICES = (reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection")
+
+
 @dataclass
 class ServiceBinding:
     """A servicer and the generated function that registers it."""
@@ -56,19 +67,28 @@ class ServiceBinding:
 
 
 class ServiceHost:
-    """A running grpc.aio server with health, reflection and optional Prometheus metrics."""
+    """A running grpc.aio server with health, reflection and Prometheus metrics.
+
+    `service` names the process in cosyvoice_build_info; without a registry a fresh one is
+    made (served only when config.metrics_port >= 0)."""
 
     def __init__(
         self,
         config: ServerConfig,
         bindings: list[ServiceBinding],
         registry: CollectorRegistry | None = None,
+        service: str = "",
     ) -> None:
         self.config = config
         self.bindings = bindings
-        self.registry = registry
+        self.registry = registry if registry is not None else make_registry()
+        register_process_metrics(self.registry, service or "unnamed")
+        self.rpc_metrics = RpcMetrics(self.registry)
+        served = [b.full_name for b in bindings] + [_HEALTH_SERVICE, *_REFLECTION_SERVICES]
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        self.server = grpc.aio.server(
+            options=SERVER_OPTIONS, interceptors=[RpcMetricsInterceptor(self.rpc_metrics, served)]
+        )
         self.port = 0
         self.metrics_port: int | None = None
         self._metrics_server: Any = None
@@ -78,9 +98,16 @@ class ServiceHost:
     def address(self) -> str:
         return f"{self.config.host}:{self.port}"
 
+    @property
+    def metrics_address(self) -> str | None:
+        """host:port of /metrics once served; None when disabled."""
+        if self.metrics_port is None:
+            return None
+        return f"{self.config.metrics_bind_host}:{self.metrics_port}"
+
     def ready_line(self, name: str) -> str:
         """What a process prints on stdout once bound; `cosyvoice up` parses it."""
-        metrics = f" metrics {self.config.host}:{self.metrics_port}" if self.metrics_port else ""
+        metrics = f" metrics {self.metrics_address}" if self.metrics_address else ""
         return f"{name} listening on {self.address}{metrics}"
 
     async def start(self) -> None:
@@ -88,22 +115,29 @@ class ServiceHost:
             binding.add_to_server(binding.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [b.full_name for b in self.bindings]
-        reflection.enable_server_reflection(
-            names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            self.server,
-        )
+        reflection.enable_server_reflection(names + [_HEALTH_SERVICE, reflection.SERVICE_NAME], self.server)
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = self.server.add_insecure_port(f"{self.config.host}:{self.config.port}")
         if self.port == 0:
             raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
-        await self.server.start()
-        if self.config.metrics_port >= 0 and self.registry is not None:
-            self._metrics_server, _ = start_http_server(
-                self.config.metrics_port, addr=self.config.host, registry=self.registry
-            )
+        if self.config.metrics_port >= 0:
+            # Before the gRPC server starts: a taken metrics port stops the process before it
+            # answers anything, with the setting named.
+            try:
+                self._metrics_server, _ = start_http_server(
+                    self.config.metrics_port, addr=self.config.metrics_bind_host, registry=self.registry
+                )
+            except OSError as exc:
+                await self.server.stop(0)
+                names = setting_names(type(self.config), "metrics_port")
+                raise ConfigError(
+                    f"{names}: cannot listen on {self.config.metrics_bind_host}:{self.config.metrics_port} "
+                    f"({exc.strerror or exc})"
+                ) from None
             self.metrics_port = self._metrics_server.server_port
-        logger.info("listening on %s (metrics port %s)", self.address, self.metrics_port)
+        await self.server.start()
+        logger.info("listening on %s (metrics %s)", self.address, self.metrics_address or "off")
 
     async def warm_up(self, load: Callable[[], Any] | None) -> None:
         """Run `load`, then serve. A blocking `load` (model loading) runs in a worker thread so

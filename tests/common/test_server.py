@@ -132,3 +132,31 @@ def test_upstream_errors_keep_request_codes_and_mask_the_rest():
     # ...but a speaker the model lacks is the caller's.
     theirs = upstream_error("flow", _Err(grpc.StatusCode.NOT_FOUND), INTERNAL_STAGE_REQUEST_CODES)
     assert theirs.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_metrics_listen_on_their_own_host_and_a_taken_port_is_named():
+    import urllib.request
+
+    from services.common.config import ConfigError
+
+    host = ServiceHost(ServerConfig(port=0, metrics_port=0, metrics_host="127.0.0.2"), [], service="test")
+    await host.start()
+    try:
+        assert host.metrics_address.startswith("127.0.0.2:")
+        assert host.ready_line("test") == f"test listening on {host.address} metrics {host.metrics_address}"
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://{host.metrics_address}/metrics", timeout=5).read().decode()
+        )
+        assert 'cosyvoice_build_info{service="test"' in body
+        taken = ServiceHost(ServerConfig(port=0, metrics_port=host.metrics_port, metrics_host="127.0.0.2"), [])
+        with pytest.raises(ConfigError, match=rf"--metrics-port / COSYVOICE_METRICS_PORT: cannot listen on "
+                                              rf"127.0.0.2:{host.metrics_port} \(Address already in use\)"):
+            await taken.start()
+    finally:
+        await host.stop(grace=0)
+
+
+async def test_without_a_metrics_port_nothing_is_served():
+    host = ServiceHost(ServerConfig(port=0), [])
+    assert host.metrics_address is None
+    assert "metrics" not in host.ready_line("x")
