@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gateway.clients import AddressError, channel_target
 from services.common.chunking import ChunkPolicy
-from services.common.config import ServerConfig, check, setting
+from services.common.config import ServerConfig, check, metrics_port_setting, setting
 
 
 DEFAULT_SPEAKER_DB = Path(os.environ.get("COSYVOICE_CACHE", Path.home() / ".cache" / "cosyvoice")) / "speakers.db"
@@ -21,6 +21,8 @@ class GatewayConfig(ServerConfig):
 
     ENV_PREFIX = "COSYVOICE_GATEWAY_"
     PROG = "cosyvoice serve gateway"
+
+    metrics_port: int = metrics_port_setting("gateway")
 
     llm_addr: str = setting("", "the LLM stage (required): host:port, IP:PORT,IP:PORT or dns:///NAME:PORT for replicas")
     flow_addr: str = setting("", "the flow stage (required): host:port, IP:PORT,IP:PORT or dns:///NAME:PORT")

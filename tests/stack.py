@@ -1,4 +1,7 @@
-"""Start the stages and the gateway in-process on port 0 (real gRPC over loopback)."""
+"""Start the stages and the gateway in-process on port 0 (real gRPC over loopback).
+
+Metrics are served on free ports too (metrics_port=0), never the services' fixed defaults:
+tests run side by side and must not collide on 9400-9404."""
 
 from __future__ import annotations
 
@@ -49,17 +52,21 @@ async def stage_app(app: StageApp) -> AsyncIterator[StageApp]:
 @contextlib.asynccontextmanager
 async def running_stack(model_dir: Path, with_gateway: bool = True, **gateway_settings: object) -> AsyncIterator[Stack]:
     async with contextlib.AsyncExitStack() as stack:
-        llm = await stack.enter_async_context(stage_app(create_llm(LLMServiceConfig(model_dir=model_dir), make_registry())))
-        flow = await stack.enter_async_context(stage_app(create_flow(FlowServiceConfig(model_dir=model_dir), make_registry())))
+        llm = await stack.enter_async_context(
+            stage_app(create_llm(LLMServiceConfig(model_dir=model_dir, metrics_port=0), make_registry()))
+        )
+        flow = await stack.enter_async_context(
+            stage_app(create_flow(FlowServiceConfig(model_dir=model_dir, metrics_port=0), make_registry()))
+        )
         vocoder = await stack.enter_async_context(
-            stage_app(create_vocoder(VocoderServiceConfig(model_dir=model_dir), make_registry()))
+            stage_app(create_vocoder(VocoderServiceConfig(model_dir=model_dir, metrics_port=0), make_registry()))
         )
         frontend = await stack.enter_async_context(
-            stage_app(create_frontend(FrontendServiceConfig(model_dir=model_dir), make_registry()))
+            stage_app(create_frontend(FrontendServiceConfig(model_dir=model_dir, metrics_port=0), make_registry()))
         )
         gateway = None
         if with_gateway:
-            settings = {"speaker_db": ":memory:", **gateway_settings}
+            settings = {"speaker_db": ":memory:", "metrics_port": 0, **gateway_settings}
             config = GatewayConfig(
                 llm_addr=llm.host.address, flow_addr=flow.host.address, vocoder_addr=vocoder.host.address,
                 frontend_addr=frontend.host.address, **settings,

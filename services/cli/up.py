@@ -1,8 +1,11 @@
 """`cosyvoice up`: the whole stack on this machine, as five separate processes.
 
-Each stage binds a free port (or the one given) and prints `<stage> listening on host:port`
-on stdout; the gateway is started with those addresses. Every address is printed, the
-gateway's first. SIGINT/SIGTERM stop the gateway first (it drains), then the stages.
+Each stage binds a free gRPC port and prints `<stage> listening on host:port` on stdout;
+the gateway is started with those addresses. Every address is printed, the gateway's first.
+SIGINT/SIGTERM stop the gateway first (it drains), then the stages.
+
+Prometheus /metrics ports (--metrics-port N, default 9400; 0: free ports, -1: none):
+  gateway N (9400)   llm N+1 (9401)   flow N+2 (9402)   vocoder N+3 (9403)   frontend N+4 (9404)
 """
 
 from __future__ import annotations
@@ -21,8 +24,13 @@ from typing import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.config import DEFAULT_METRICS_PORTS
+
 _LISTENING = re.compile(r"listening on (\S+:\d+)(?: metrics (\S+:\d+))?")
 STAGES = ("llm", "flow", "vocoder", "frontend")
+DEFAULT_METRICS_PORT = DEFAULT_METRICS_PORTS["gateway"]
+# Each service's metrics port relative to the gateway's, as in the fixed defaults.
+METRICS_PORT_OFFSETS = {name: port - DEFAULT_METRICS_PORT for name, port in DEFAULT_METRICS_PORTS.items()}
 DEFAULT_TINY_DIR = Path(os.environ.get("COSYVOICE_CACHE", Path.home() / ".cache" / "cosyvoice")) / "tiny-model"
 
 
@@ -115,6 +123,42 @@ def _stage_device(device: str, index: int) -> str:
     return f"cuda:{index % count}"  # one GPU per stage when there are three or more
 
 
+def metrics_ports(base: int) -> dict[str, int]:
+    """Each service's --metrics-port for `up --metrics-port base` (0: free ports, -1: none)."""
+    if base <= 0:
+        return {name: base for name in METRICS_PORT_OFFSETS}
+    return {name: base + offset for name, offset in METRICS_PORT_OFFSETS.items()}
+
+
+def _taken(host: str, port: int) -> str | None:
+    """Why `port` cannot be listened on, or None when it is free."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            return None
+    except OSError as exc:
+        return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def check_metrics_ports(host: str, metrics_host: str, port: int, base: int) -> None:
+    """The fixed metrics ports, before anything starts: the gateway binds its own last, after
+    every stage has loaded, so a taken one would otherwise fail minutes in."""
+    last = base + max(METRICS_PORT_OFFSETS.values())
+    if base < -1 or last > 65535:
+        raise SystemExit(f"cosyvoice up: --metrics-port {base} must be -1, 0 or N with N..N+4 in 1..65535")
+    ports = metrics_ports(base)
+    if base <= 0:
+        return
+    if port in ports.values():
+        raise SystemExit(f"cosyvoice up: --port {port} is one of the metrics ports {base}..{last}; choose another")
+    for name, metrics_port in ports.items():
+        reason = _taken(metrics_host or host, metrics_port)
+        if reason is not None:
+            raise SystemExit(f"cosyvoice up: cannot listen on {metrics_host or host}:{metrics_port} for the {name}'s "
+                             f"metrics ({reason}); is another stack running? (--metrics-port 0 picks free ports)")
+
+
 def check_before_start(model_dir: str | None, host: str, port: int) -> None:
     """What would make a child fail after the others have loaded: one line now instead."""
     if not 0 <= port <= 65535:
@@ -126,16 +170,11 @@ def check_before_start(model_dir: str | None, host: str, port: int) -> None:
             ModelDir.open(model_dir)
         except ModelDirError as exc:
             raise SystemExit(f"cosyvoice up: --model-dir: {exc}") from None
-    if port:
-        import socket
-
-        try:  # the gateway binds last, after every stage has loaded: find a taken port first
-            with socket.create_server((host, port)):
-                pass
-        except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    if port:  # the gateway binds last, after every stage has loaded: find a taken port first
+        reason = _taken(host, port)
+        if reason is not None:
             raise SystemExit(f"cosyvoice up: cannot listen on {host}:{port} ({reason}); "
-                             "is another stack running? (--port 0 picks a free port)") from None
+                             "is another stack running? (--port 0 picks a free port)")
 
 
 def ensure_model_dir(model_dir: str | None) -> Path:
@@ -162,22 +201,31 @@ def start_stack(
     stage_args: Sequence[str] = (),
     gateway_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    metrics_port: int = 0,
+    metrics_host: str = "",
 ) -> list[Child]:
-    """The three stages, then the gateway pointed at them; returned gateway first. Extra
-    flags go to every stage (`stage_args`) or to the gateway. On failure, whatever was
-    started is stopped again. The children are tied to the calling thread's life (Linux
-    PDEATHSIG), so call this from a thread that lives as long as the stack should."""
+    """The four stages, then the gateway pointed at them; returned gateway first. Extra
+    flags go to every stage (`stage_args`) or to the gateway, after ours, so they win.
+    `metrics_port` is the gateway's /metrics port, the stages' follow it (0, the default
+    here: free ports, so tools that start a stack never collide; -1: none). On failure,
+    whatever was started is stopped again. The children are tied to the calling thread's
+    life (Linux PDEATHSIG), so call this from a thread that lives as long as the stack should."""
     env = dict(os.environ) if env is None else env
+    ports = metrics_ports(metrics_port)
+
+    def metrics_args(name: str) -> list[str]:
+        return ["--metrics-port", str(ports[name]), *(["--metrics-host", metrics_host] if metrics_host else [])]
+
     children: list[Child] = []
     try:
         for index, name in enumerate(STAGES):
             args = ["--host", host, "--port", "0", "--model-dir", str(model_dir),
-                    "--device", _stage_device(device, index), *stage_args]
+                    "--device", _stage_device(device, index), *metrics_args(name), *stage_args]
             children.append(_start(name, args, env, timeout))
         addresses = {c.name: c.address for c in children}
         args = ["--host", host, "--port", str(port), "--llm-addr", addresses["llm"],
                 "--flow-addr", addresses["flow"], "--vocoder-addr", addresses["vocoder"],
-                "--frontend-addr", addresses["frontend"], *gateway_args]
+                "--frontend-addr", addresses["frontend"], *metrics_args("gateway"), *gateway_args]
         children.insert(0, _start("gateway", args, env, timeout))
     except BaseException:
         stop_all(children, grace=5.0)
@@ -186,11 +234,18 @@ def start_stack(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="cosyvoice up", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="cosyvoice up", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model-dir", help="CosyVoice2 model directory (default: generate the tiny model)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: stage i on GPU i mod count")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051, help="gateway port (0: any free port)")
+    parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
+                        help="the gateway's /metrics port N; llm, flow, vocoder, frontend get N+1..N+4 "
+                             "(0: free ports; -1: no metrics)")
+    parser.add_argument("--metrics-host", default="",
+                        help="interface the /metrics servers listen on (default: the same as --host)")
     parser.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for each stage")
     parser.add_argument("--num-threads", type=int, default=None,
                         help="torch CPU threads per stage (default: 1 on cpu, so the processes do not "
@@ -201,8 +256,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     num_threads = args.num_threads if args.num_threads is not None else (1 if args.device == "cpu" else 0)
     check_before_start(args.model_dir, args.host, args.port)
+    check_metrics_ports(args.host, args.metrics_host, args.port, args.metrics_port)
     model_dir = ensure_model_dir(args.model_dir)
-    gateway_args = ["--metrics-port", "0"]
+    gateway_args: list[str] = []
     if args.speaker_db is not None:
         gateway_args += ["--speaker-db", args.speaker_db]
     children: list[Child] = []
@@ -217,8 +273,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         children = start_stack(
             model_dir, args.device, args.host, args.port, args.start_timeout,
-            stage_args=["--num-threads", str(num_threads), "--metrics-port", "0"],
-            gateway_args=gateway_args,
+            stage_args=["--num-threads", str(num_threads)],
+            gateway_args=gateway_args, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
         )
         for child in children:
             print(child.describe(), flush=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.common.config import check, setting
+from services.common.config import check, metrics_port_setting, setting
 from services.common.stage_config import BatchingStageConfig
 
 
@@ -14,6 +14,8 @@ class FlowServiceConfig(BatchingStageConfig):
 
     ENV_PREFIX = "COSYVOICE_FLOW_"
     PROG = "cosyvoice serve flow"
+
+    metrics_port: int = metrics_port_setting("flow")
 
     max_batch_padding: float = setting(1.2, "batch chunks only while padding costs at most this × their real length")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.common.config import check, setting
+from services.common.config import check, metrics_port_setting, setting
 from services.common.stage_config import StageConfig
 
 PROMPT_24K_SOURCES = ("file", "16k")
@@ -16,6 +16,8 @@ class FrontendServiceConfig(StageConfig):
 
     ENV_PREFIX = "COSYVOICE_FRONTEND_"
     PROG = "cosyvoice serve frontend"
+
+    metrics_port: int = metrics_port_setting("frontend")
 
     num_workers: int = setting(2, "prompt recordings processed at once (threads; ONNX Runtime releases the GIL)")
     onnx_threads: int = setting(1, "intra-op threads of each ONNX Runtime session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.common.config import check, setting
+from services.common.config import check, metrics_port_setting, setting
 from services.common.stage_config import StageConfig
 
 
@@ -14,6 +14,8 @@ class LLMServiceConfig(StageConfig):
 
     ENV_PREFIX = "COSYVOICE_LLM_"
     PROG = "cosyvoice serve llm"
+
+    metrics_port: int = metrics_port_setting("llm")
 
     max_num_seqs: int = setting(16, "sequences decoded together in one step (KV-cache slots)")
     max_num_batched_tokens: int = setting(4096, "prompt positions admitted per prefill step")

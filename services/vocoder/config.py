@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.common.config import check, setting
+from services.common.config import check, metrics_port_setting, setting
 from services.common.stage_config import BatchingStageConfig
 
 
@@ -14,6 +14,8 @@ class VocoderServiceConfig(BatchingStageConfig):
 
     ENV_PREFIX = "COSYVOICE_VOCODER_"
     PROG = "cosyvoice serve vocoder"
+
+    metrics_port: int = metrics_port_setting("vocoder")
 
     max_chunk_frames: int = setting(15000, "largest mel chunk, in frames (50 per second; the flow's own limit)")
 

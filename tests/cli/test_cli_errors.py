@@ -35,6 +35,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess, expected: str) ->
         (("serve", "gateway"), None,
          "cosyvoice serve gateway: --llm-addr / COSYVOICE_GATEWAY_LLM_ADDR is required, as host:port (got '')"),
         (("up", "--port", "99999"), None, "cosyvoice up: --port 99999 is not in 0..65535"),
+        (("up", "--port", "0", "--metrics-port", "65533"), None,
+         "cosyvoice up: --metrics-port 65533 must be -1, 0 or N with N..N+4 in 1..65535"),
         (("up", "--model-dir", "/nonexistent/model"), None,
          "cosyvoice up: --model-dir: model directory /nonexistent/model does not exist or is not a directory"),
     ],
@@ -51,6 +53,17 @@ def test_up_refuses_a_taken_port_before_starting_anything():
         result,
         f"cosyvoice up: cannot listen on 127.0.0.1:{port} (Address already in use); is another stack running? "
         "(--port 0 picks a free port)",
+    )
+
+
+def test_up_refuses_a_taken_metrics_port_before_starting_anything():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        taken = server.getsockname()[1]  # the gateway's, checked first
+        result = run_cli("up", "--port", "0", "--metrics-port", str(taken))
+    assert_one_line_error(
+        result,
+        f"cosyvoice up: cannot listen on 127.0.0.1:{taken} for the gateway's metrics (Address already in use); "
+        "is another stack running? (--metrics-port 0 picks free ports)",
     )
 
 

@@ -37,3 +37,38 @@ def test_errors_name_the_setting_both_ways():
         load_config(_Cfg, [], {"COSYVOICE_TEST_USE_FP16": "maybe"})
     with pytest.raises(ConfigError, match="log_level|--log-level"):
         load_config(_Cfg, ["--log-level", "LOUD"], {})
+
+
+@pytest.mark.parametrize(
+    ("config_type", "port"),
+    [
+        ("gateway.config:GatewayConfig", 9400),
+        ("services.llm.config:LLMServiceConfig", 9401),
+        ("services.flow.config:FlowServiceConfig", 9402),
+        ("services.vocoder.config:VocoderServiceConfig", 9403),
+        ("services.frontend.config:FrontendServiceConfig", 9404),
+    ],
+)
+def test_each_service_has_its_fixed_metrics_port_and_metrics_host(config_type, port):
+    import importlib
+
+    module, name = config_type.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    assert defaults["metrics_port"] == port
+    assert defaults["metrics_host"] == ""
+    prefix = cls.ENV_PREFIX
+    required = {f"{prefix}{stage.upper()}_ADDR": "127.0.0.1:1" for stage in ("llm", "flow", "vocoder", "frontend")}
+    env = {**required, f"{prefix}MODEL_DIR": "/m", f"{prefix}METRICS_HOST": "0.0.0.0", f"{prefix}METRICS_PORT": "0"}
+    config = load_config(cls, [], env)
+    assert (config.metrics_host, config.metrics_port, config.metrics_bind_host) == ("0.0.0.0", 0, "0.0.0.0")
+
+
+def test_metrics_host_defaults_to_the_grpc_host():
+    config = load_config(_Cfg, ["--host", "10.1.2.3"], {})
+    assert config.metrics_bind_host == "10.1.2.3"
+    assert load_config(_Cfg, ["--metrics-host", "127.0.0.2"], {}).metrics_bind_host == "127.0.0.2"
+    with pytest.raises(ConfigError, match=r"--metrics-host / COSYVOICE_TEST_METRICS_HOST must not contain spaces"):
+        load_config(_Cfg, [], {"COSYVOICE_TEST_METRICS_HOST": "a b"})
+    with pytest.raises(ConfigError, match=r"--metrics-port / COSYVOICE_TEST_METRICS_PORT must be -1 or in 0..65535"):
+        load_config(_Cfg, ["--metrics-port", "-2"], {})

@@ -48,8 +48,10 @@ class RunningStack:
 
 @pytest.fixture(scope="module")
 def stack(tiny_model_dir):
+    # --metrics-port 0: free metrics ports, never the fixed 9400-9404 another stack may hold.
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "up", "--model-dir", str(tiny_model_dir), "--port", "0"],
+        [sys.executable, "-m", "services.cli.main", "up", "--model-dir", str(tiny_model_dir), "--port", "0",
+         "--metrics-port", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )
     addresses, metrics, order = {}, {}, []
@@ -191,7 +193,8 @@ def test_sigterm_stops_every_process_cleanly(stack):
 
 def test_the_servers_stop_when_up_itself_is_killed(tiny_model_dir):
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "up", "--model-dir", str(tiny_model_dir), "--port", "0"],
+        [sys.executable, "-m", "services.cli.main", "up", "--model-dir", str(tiny_model_dir), "--port", "0",
+         "--metrics-port", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )
     addresses = []
