@@ -51,9 +51,14 @@ class FlowRunner:
         self.device, self.dtype = parameter.device, parameter.dtype
         self.num_sessions = 0
         self._batcher: Batcher[ChunkJob, np.ndarray] = Batcher(
-            self._run_batch, max_batch_size, max_wait_seconds, name="flow", on_batch=metrics.observe_batch,
+            self._run_batch, max_batch_size, max_wait_seconds, name="flow", on_batch=self._observe_batch,
             nice_increment=nice_increment,
         )
+
+    def _observe_batch(self, size: int, seconds: float) -> None:
+        # Through self.metrics, not bound at construction: the server swaps the warm-up's
+        # scratch metrics for the served ones.
+        self.metrics.observe_batch(size, seconds)
 
     def start(self) -> None:
         self._batcher.start()
@@ -89,7 +94,11 @@ class FlowRunner:
         if emit_end <= session.token_offset:  # nothing new completed (or an empty utterance)
             mel = np.zeros((MEL_BINS, 0), np.float32)
         else:
-            mel = await self._batcher.submit(ChunkJob(session, tuple(session.tokens), session.token_offset, finalize))
+            self.metrics.queue_depth.inc()
+            try:
+                mel = await self._batcher.submit(ChunkJob(session, tuple(session.tokens), session.token_offset, finalize))
+            finally:
+                self.metrics.queue_depth.dec()
             session.token_offset = emit_end
         elapsed = time.perf_counter() - started
         self.metrics.chunk_duration.observe(elapsed)

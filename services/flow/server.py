@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common.config import load_config
 from services.common.logging_setup import configure_logging
-from services.common.metrics import make_registry
+from services.common.metrics import make_registry, register_model_info
 from services.common.pb import flow_pb2, flow_pb2_grpc
 from services.common.server import ServiceBinding, ServiceHost
 from services.common.stage_app import StageApp
@@ -52,13 +52,18 @@ def create_app(config: FlowServiceConfig, registry: CollectorRegistry | None = N
     metrics = FlowMetrics(registry)
     servicer = FlowDecoderServicer()
     host = ServiceHost(
-        config, [ServiceBinding(SERVICE_NAME, servicer, flow_pb2_grpc.add_FlowDecoderServicer_to_server)], registry
+        config, [ServiceBinding(SERVICE_NAME, servicer, flow_pb2_grpc.add_FlowDecoderServicer_to_server)], registry,
+        service="flow",
     )
+    register_model_info(registry, "flow", config.device, config.dtype)
 
     async def load() -> None:
-        runner = await asyncio.to_thread(load_runner, config, metrics)
+        # Warm-up records into a scratch registry nobody scrapes: no request has been served,
+        # so the served counters and histograms must still read zero.
+        runner = await asyncio.to_thread(load_runner, config, FlowMetrics(make_registry()))
         runner.start()
         await warm_up(runner)  # chunked and full attention, through the batcher
+        runner.metrics = metrics
         servicer.runner = runner
 
     async def close() -> None:

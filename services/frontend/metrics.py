@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common.metrics import LATENCY_BUCKETS_SECONDS
 
@@ -17,6 +17,11 @@ class FrontendMetrics:
             "cosyvoice_frontend_prompt_duration_seconds",
             "From receiving a prompt recording to its features: decoding, resampling, features, ONNX models.",
             buckets=LATENCY_BUCKETS_SECONDS, registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "cosyvoice_frontend_queue_depth",
+            "Frontend jobs (prompts, texts, speaker tables) waiting for a worker thread or running on one.",
+            registry=registry,
         )
         self.texts = Counter(
             "cosyvoice_frontend_texts", "Texts normalised and split.", registry=registry

@@ -80,10 +80,12 @@ class FrontendRunner:
         if self._pending >= self.max_pending:
             raise Overloaded(f"{self._pending} frontend jobs already queued")
         self._pending += 1
+        self.metrics.queue_depth.inc()
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         finally:
             self._pending -= 1
+            self.metrics.queue_depth.dec()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common.config import load_config
 from services.common.logging_setup import configure_logging
-from services.common.metrics import make_registry
+from services.common.metrics import make_registry, register_model_info
 from services.common.pb import frontend_pb2, frontend_pb2_grpc
 from services.common.server import ServiceBinding, ServiceHost
 from services.common.stage_app import StageApp
@@ -49,14 +49,21 @@ def create_app(config: FrontendServiceConfig, registry: CollectorRegistry | None
     metrics = FrontendMetrics(registry)
     servicer = FrontendServicer(config.max_text_chars)
     host = ServiceHost(
-        config, [ServiceBinding(SERVICE_NAME, servicer, frontend_pb2_grpc.add_FrontendServicer_to_server)], registry
+        config, [ServiceBinding(SERVICE_NAME, servicer, frontend_pb2_grpc.add_FrontendServicer_to_server)], registry,
+        service="frontend",
     )
+    # No GPU memory series here even on cuda: the speech tokenizer runs in ONNX Runtime, whose
+    # memory torch's allocator does not see.
+    register_model_info(registry, "frontend", config.device, config.dtype, gpu_memory=False)
     state: dict[str, object] = {}
 
     async def load() -> None:
-        runner = await asyncio.to_thread(load_runner, config, metrics)
+        # Warm-up records into a scratch registry nobody scrapes: no prompt has been served,
+        # so the served counters and histograms must still read zero.
+        runner = await asyncio.to_thread(load_runner, config, FrontendMetrics(make_registry()))
         state["runner"] = runner
         await warm_up(runner)
+        runner.metrics = metrics
         servicer.runner = runner
 
     async def close() -> None:

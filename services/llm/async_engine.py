@@ -123,8 +123,7 @@ class AsyncLLMEngine:
             self._queues.pop(request_id, None)
             self.metrics.streams.set(len(self._queues))
             if not finished:  # cancelled or abandoned: free the KV slot now
-                await asyncio.shield(self._call(self.engine.abort_request, request_id))
-                self._work.set()  # the freed slot may admit a waiting request
+                await asyncio.shield(self._abort(request_id))
 
     async def generate_bistream(self, start: BistreamStart, pieces: AsyncIterator[str]) -> AsyncIterator[TokenEvent]:
         """Token events of a text-in streaming request whose text arrives as `pieces`
@@ -168,8 +167,7 @@ class AsyncLLMEngine:
             self._queues.pop(request_id, None)
             self.metrics.streams.set(len(self._queues))
             if not finished:
-                await asyncio.shield(self._call(self.engine.abort_request, request_id))
-                self._work.set()
+                await asyncio.shield(self._abort(request_id))
 
     async def _feed_text(self, request_id: str, pieces: AsyncIterator[str], queue: asyncio.Queue) -> None:
         """Hand the pieces to the engine as they arrive; failures go to the response stream."""
@@ -193,18 +191,37 @@ class AsyncLLMEngine:
         except Exception as exc:  # noqa: BLE001 - e.g. the caller's stream failed: end the response
             queue.put_nowait(exc)
 
+    async def _abort(self, request_id: str) -> None:
+        """Drop a request from the engine; the gauges follow at once, not at the next step
+        (with nothing else running there may be none for a while)."""
+        self._record_load(*await self._call(self._abort_and_count, request_id))
+        self._work.set()  # the freed slot may admit a waiting request
+
+    def _abort_and_count(self, request_id: str) -> tuple[int, int, float]:
+        self.engine.abort_request(request_id)
+        return self._load()
+
+    def _load(self) -> tuple[int, int, float]:
+        """(running, waiting, KV-cache usage); read on the engine thread, which owns them."""
+        scheduler = self.engine.scheduler
+        return scheduler.num_running, scheduler.num_waiting, self.engine.kv_cache_usage
+
+    def _record_load(self, running: int, waiting: int, kv_cache_usage: float) -> None:
+        self.metrics.requests_running.set(running)
+        self.metrics.requests_waiting.set(waiting)
+        self.metrics.kv_cache_usage.set(kv_cache_usage)
+
     async def _fail_all(self) -> None:
         """Drop every request from the engine and end its stream with an internal error."""
         for request_id, queue in list(self._queues.items()):
             await self._call(self.engine.abort_request, request_id)
             queue.put_nowait(ServingError("the LLM engine failed while generating this request"))
 
-    def _step(self) -> tuple[list[StepOutput], bool, int, int]:
+    def _step(self) -> tuple[list[StepOutput], bool, tuple[int, int, float]]:
         outputs = self.engine.step()
-        scheduler = self.engine.scheduler
         # has_work, not has_unfinished: bistream requests waiting for text must not spin the
         # loop; their next text (or a freed slot) sets the work event again.
-        return outputs, self.engine.has_work(), scheduler.num_running, scheduler.num_waiting
+        return outputs, self.engine.has_work(), self._load()
 
     async def _run(self) -> None:
         while True:
@@ -214,14 +231,13 @@ class AsyncLLMEngine:
             while busy:
                 started = time.perf_counter()
                 try:
-                    outputs, busy, running, waiting = await self._call(self._step)
+                    outputs, busy, load = await self._call(self._step)
                 except Exception:  # noqa: BLE001 - a failed step must not strand every stream
                     logger.exception("LLM engine step failed; failing the requests it held")
                     await self._fail_all()
                     break
                 self.metrics.step_duration.observe(time.perf_counter() - started)
-                self.metrics.requests_running.set(running)
-                self.metrics.requests_waiting.set(waiting)
+                self._record_load(*load)
                 tokens = sum(1 for o in outputs if o.token is not None)
                 if tokens:
                     self.metrics.step_batch_size.observe(tokens)

@@ -1,4 +1,5 @@
-"""LLM stage metrics, fed by the async engine loop."""
+"""LLM stage metrics, fed by the async engine loop (never by the warm-up, which drives the
+engine directly before the async engine exists)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,12 @@ class LLMMetrics:
             "cosyvoice_llm_requests_running", "Sequences holding a KV-cache slot.", registry=registry
         )
         self.requests_waiting = Gauge(
-            "cosyvoice_llm_requests_waiting", "Requests queued for a KV-cache slot.", registry=registry
+            "cosyvoice_llm_requests_waiting", "Requests queued for a KV-cache slot (the LLM's queue).", registry=registry
+        )
+        self.kv_cache_usage = Gauge(
+            "cosyvoice_llm_kv_cache_usage_ratio",
+            "Fraction of KV-cache slots (max_num_seqs, each max_model_len positions) held by running sequences.",
+            registry=registry,
         )
         self.requests_finished = Counter(
             "cosyvoice_llm_requests_finished", "Finished requests by finish reason.", ["finish_reason"],

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common.config import load_config
 from services.common.logging_setup import configure_logging
-from services.common.metrics import make_registry
+from services.common.metrics import make_registry, register_model_info
 from services.common.modeldir.layout import ModelDir
 from services.common.modeldir.tokenizer import CosyVoiceTokenizer
 from services.common.pb import llm_pb2, llm_pb2_grpc
@@ -34,7 +34,9 @@ def load_engine(config: LLMServiceConfig):  # noqa: ANN202 - torch types stay ou
     tokenizer = CosyVoiceTokenizer.from_dir(model_dir.tokenizer_dir)
     engine_config = EngineConfig(config.max_num_seqs, config.max_num_batched_tokens, config.max_model_len)
     engine = LLMEngine.from_model_dir(model_dir, config.device, config.torch_dtype(), engine_config)
-    # Warm-up: one short request through prefill, decode and sampling.
+    # Warm-up: one short request through prefill, decode and sampling. It drives the engine
+    # directly, before the async engine (the only writer of the LLM metrics) exists, so no
+    # warm-up token is counted.
     from services.llm.model.prompt import build_prompt
 
     prompt = build_prompt("sft", tokenizer.encode(WARMUP_TEXT))
@@ -51,8 +53,9 @@ def create_app(config: LLMServiceConfig, registry: CollectorRegistry | None = No
     )
     host = ServiceHost(
         config, [ServiceBinding(SERVICE_NAME, servicer, llm_pb2_grpc.add_SpeechTokenGeneratorServicer_to_server)],
-        registry,
+        registry, service="llm",
     )
+    register_model_info(registry, "llm", config.device, config.dtype)
 
     async def load() -> None:
         engine, tokenizer = await asyncio.to_thread(load_engine, config)

@@ -48,9 +48,14 @@ class VocoderRunner:
         self.device = hift.conv_pre.weight.device
         self.num_streams = 0
         self._batcher: Batcher[_Job, np.ndarray] = Batcher(
-            self._run_batch, max_batch_size, max_wait_seconds, name="vocoder", on_batch=metrics.observe_batch,
+            self._run_batch, max_batch_size, max_wait_seconds, name="vocoder", on_batch=self._observe_batch,
             nice_increment=nice_increment,
         )
+
+    def _observe_batch(self, size: int, seconds: float) -> None:
+        # Through self.metrics, not bound at construction: the server swaps the warm-up's
+        # scratch metrics for the served ones.
+        self.metrics.observe_batch(size, seconds)
 
     def start(self) -> None:
         self._batcher.start()
@@ -89,7 +94,11 @@ class VocoderRunner:
                 f"chunk.mel: a first non-final chunk needs at least {stream.mel_cache_frames} frames"
             )
         else:
-            samples = await self._batcher.submit(_Job(stream, torch.from_numpy(mel.astype(np.float32)), finalize))
+            self.metrics.queue_depth.inc()
+            try:
+                samples = await self._batcher.submit(_Job(stream, torch.from_numpy(mel.astype(np.float32)), finalize))
+            finally:
+                self.metrics.queue_depth.dec()
         elapsed = time.perf_counter() - started
         self.metrics.chunk_duration.observe(elapsed)
         self.metrics.audio.inc(samples.size / self.sample_rate)

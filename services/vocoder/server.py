@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from services.common.config import load_config
 from services.common.logging_setup import configure_logging
-from services.common.metrics import make_registry
+from services.common.metrics import make_registry, register_model_info
 from services.common.pb import vocoder_pb2, vocoder_pb2_grpc
 from services.common.server import ServiceBinding, ServiceHost
 from services.common.stage_app import StageApp
@@ -48,13 +48,18 @@ def create_app(config: VocoderServiceConfig, registry: CollectorRegistry | None 
     metrics = VocoderMetrics(registry)
     servicer = VocoderServicer()
     host = ServiceHost(
-        config, [ServiceBinding(SERVICE_NAME, servicer, vocoder_pb2_grpc.add_VocoderServicer_to_server)], registry
+        config, [ServiceBinding(SERVICE_NAME, servicer, vocoder_pb2_grpc.add_VocoderServicer_to_server)], registry,
+        service="vocoder",
     )
+    register_model_info(registry, "vocoder", config.device, config.dtype)
 
     async def load() -> None:
-        runner = await asyncio.to_thread(load_runner, config, metrics)
+        # Warm-up records into a scratch registry nobody scrapes: no request has been served,
+        # so the served counters and histograms must still read zero.
+        runner = await asyncio.to_thread(load_runner, config, VocoderMetrics(make_registry()))
         runner.start()
         await warm_up(runner)
+        runner.metrics = metrics
         servicer.runner = runner
 
     async def close() -> None:

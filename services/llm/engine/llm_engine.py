@@ -181,6 +181,12 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished() or bool(self._pending)
 
+    @property
+    def kv_cache_usage(self) -> float:
+        """Fraction of KV-cache slots held by running sequences. A slot reserves max_model_len
+        positions up front, so slots, not positions, are what runs out."""
+        return 1.0 - self.runner.num_free_slots / self.config.max_num_seqs
+
     def generate(
         self,
         prompt: LLMPrompt,
