@@ -11,12 +11,14 @@ in `finally`, which the stages see at once and free the request's state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 import grpc
 
 from gateway.clients import StageClients
+from gateway.metrics import GatewayMetrics
 from services.common.chunking import ChunkPolicy, TokenFeed
 from services.common.errors import INTERNAL_STAGE_REQUEST_CODES, InvalidRequest, UpstreamError, upstream_error
 from services.common.pb import flow_pb2, llm_pb2, vocoder_pb2
@@ -51,11 +53,31 @@ async def _requests(first: object, queue: asyncio.Queue) -> AsyncIterator[object
 
 
 class StagePipeline:
-    def __init__(self, clients: StageClients, policy: ChunkPolicy, queue_chunks: int, timeout: float) -> None:
+    def __init__(
+        self, clients: StageClients, policy: ChunkPolicy, queue_chunks: int, timeout: float,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         self.clients = clients
         self.policy = policy
         self.queue_chunks = queue_chunks
         self.timeout = timeout
+        self.metrics = metrics
+
+    def _failed(
+        self, stage: str, error: grpc.aio.AioRpcError, codes: frozenset[grpc.StatusCode] | None = None
+    ) -> UpstreamError:
+        """A stage call's failure as our caller sees it, counted under the stage's own code."""
+        self._count(stage, error.code())
+        return upstream_error(stage, error) if codes is None else upstream_error(stage, error, codes)
+
+    def _count(self, stage: str, code: grpc.StatusCode) -> None:
+        if self.metrics is not None:
+            self.metrics.upstream_error(stage, code)
+
+    def _ended_early(self, stage: str) -> UpstreamError:
+        error = upstream_error_eos(stage)
+        self._count(stage, error.code)
+        return error
 
     async def run(
         self,
@@ -108,8 +130,13 @@ class StagePipeline:
             for call in (llm_call, flow_call, vocoder_call):
                 call.cancel()
 
-        async for piece in run_pumps(pumps, audio_out, on_exit=cancel_calls):
-            yield piece
+        with contextlib.ExitStack() as tracked:
+            if self.metrics is not None:  # scraped as cosyvoice_gateway_queue_depth{queue}
+                for kind, queue in (("llm_to_flow", flow_in), ("flow_to_vocoder", vocoder_in),
+                                    ("vocoder_to_client", audio_out)):
+                    tracked.enter_context(self.metrics.queues.tracking(kind, queue))
+            async for piece in run_pumps(pumps, audio_out, on_exit=cancel_calls):
+                yield piece
 
     async def _pump_tokens(
         self, call: grpc.aio.Call, out: asyncio.Queue, shared: _Shared, job: SynthesisJob,
@@ -128,8 +155,8 @@ class StagePipeline:
                 if response.finish_reason:
                     return
         except grpc.aio.AioRpcError as error:
-            raise upstream_error("llm", error) from None
-        raise upstream_error_eos("llm")
+            raise self._failed("llm", error) from None
+        raise self._ended_early("llm")
 
     async def _pump_mel(self, call: grpc.aio.StreamStreamCall, out: asyncio.Queue, shared: _Shared) -> None:
         try:
@@ -142,8 +169,8 @@ class StagePipeline:
                 if response.is_final:
                     return
         except grpc.aio.AioRpcError as error:
-            raise upstream_error("flow", error, INTERNAL_STAGE_REQUEST_CODES) from None
-        raise upstream_error_eos("flow")
+            raise self._failed("flow", error, INTERNAL_STAGE_REQUEST_CODES) from None
+        raise self._ended_early("flow")
 
     async def _pump_audio(self, call: grpc.aio.StreamStreamCall, out: asyncio.Queue, shared: _Shared) -> None:
         first = True
@@ -152,6 +179,7 @@ class StagePipeline:
                 try:
                     samples = from_proto(response.audio, "vocoder.audio")
                 except InvalidRequest as exc:  # the vocoder sent something malformed: not the caller's fault
+                    self._count("vocoder", grpc.StatusCode.INTERNAL)
                     raise UpstreamError("vocoder", grpc.StatusCode.INTERNAL, str(exc)) from None
                 timings = None
                 if first:
@@ -162,8 +190,8 @@ class StagePipeline:
                 if response.is_final:
                     return
         except grpc.aio.AioRpcError as error:
-            raise upstream_error("vocoder", error, INTERNAL_STAGE_REQUEST_CODES) from None
-        raise upstream_error_eos("vocoder")
+            raise self._failed("vocoder", error, INTERNAL_STAGE_REQUEST_CODES) from None
+        raise self._ended_early("vocoder")
 
 
 

@@ -12,9 +12,11 @@ bounded queue (backpressure) until the segments before it are done.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import AsyncGenerator, AsyncIterator, Callable
 
+from gateway.metrics import LiveQueues
 from gateway.pipeline import AudioPiece
 
 _END = object()
@@ -46,14 +48,19 @@ async def _produce(segment: _Segment, pieces: AsyncGenerator[AudioPiece, None]) 
 
 
 async def back_to_back(
-    count: int, run_segment: Callable[[int, asyncio.Event], AsyncGenerator[AudioPiece, None]], queue_depth: int
+    count: int,
+    run_segment: Callable[[int, asyncio.Event], AsyncGenerator[AudioPiece, None]],
+    queue_depth: int,
+    queues: LiveQueues | None = None,
 ) -> AsyncIterator[AudioPiece]:
     """The pieces of segments 0..count-1 in order; `run_segment(k, llm_done)` runs segment k
     and sets `llm_done` when its LLM is done. At most two segments are alive: the one being
     played and the next (so memory, stage streams and each segment's stage deadline stay
     bounded however long the text). The first failure is raised when its segment's turn
-    comes; leaving early cancels and closes every segment that was started."""
+    comes; leaving early cancels and closes every segment that was started. With `queues`,
+    each segment's waiting audio counts as vocoder_to_client queue depth."""
     segments: list[_Segment] = []
+    tracked = contextlib.ExitStack()
     created = [asyncio.get_running_loop().create_future() for _ in range(count)]
 
     async def launch() -> None:
@@ -61,6 +68,8 @@ async def back_to_back(
             if index >= 2:
                 await segments[index - 2].consumed.wait()
             segment = _Segment(asyncio.Queue(queue_depth))
+            if queues is not None:
+                tracked.enter_context(queues.tracking("vocoder_to_client", segment.queue))
             segment.task = asyncio.create_task(_produce(segment, run_segment(index, segment.llm_done)))
             segments.append(segment)
             created[index].set_result(segment)
@@ -85,3 +94,4 @@ async def back_to_back(
         await asyncio.gather(*tasks, return_exceptions=True)
         for future in created:
             future.cancel()
+        tracked.close()

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.clients import StageClients, balanced_channel
 from gateway.config import GatewayConfig
 from gateway.frontend_calls import FrontendClient
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import CountedStub, GatewayMetrics
 from gateway.official import OfficialCosyVoiceServicer
 from gateway.pipeline import StagePipeline
 from gateway.registry.servicer import SpeakersServicer
@@ -61,10 +61,12 @@ def build_gateway(config: GatewayConfig, registry=None) -> Gateway:  # noqa: ANN
     except SpeakerStoreError as exc:
         raise ConfigError(f"--speaker-db / COSYVOICE_GATEWAY_SPEAKER_DB: {exc}") from None
     clients = StageClients.connect(config.llm_addr, config.flow_addr, config.vocoder_addr, config.frontend_addr)
-    frontend = FrontendClient(clients.frontend, config.upstream_timeout_seconds)
-    voices = VoiceBook(store, frontend)
-    pipeline = StagePipeline(clients, config.chunk_policy, config.stage_queue_chunks, config.upstream_timeout_seconds)
     metrics = GatewayMetrics(registry)
+    frontend = FrontendClient(CountedStub(clients.frontend, "frontend", metrics), config.upstream_timeout_seconds)
+    voices = VoiceBook(store, frontend)
+    pipeline = StagePipeline(
+        clients, config.chunk_policy, config.stage_queue_chunks, config.upstream_timeout_seconds, metrics
+    )
     synthesizer = Synthesizer(pipeline, voices, frontend, config.max_text_chars, metrics)
     tts = TextToSpeechServicer(synthesizer, metrics, config.max_concurrent_requests)
     bindings = [
@@ -76,7 +78,7 @@ def build_gateway(config: GatewayConfig, registry=None) -> Gateway:  # noqa: ANN
             OFFICIAL_SERVICE_NAME, OfficialCosyVoiceServicer(tts), cosyvoice_pb2_grpc.add_CosyVoiceServicer_to_server
         ),
     ]
-    return Gateway(ServiceHost(config, bindings, registry), clients, voices)
+    return Gateway(ServiceHost(config, bindings, registry, service="gateway"), clients, voices)
 
 
 async def wait_for_stages(config: GatewayConfig, poll_seconds: float = 0.5) -> None:

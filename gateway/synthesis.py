@@ -205,7 +205,8 @@ class Synthesizer:
             return self.pipeline.run(job, timeout, None, llm_done)
 
         finals = 0
-        async for piece in back_to_back(len(plan.segments), run_segment, self.pipeline.queue_chunks):
+        queues = self.metrics.queues if self.metrics is not None else None
+        async for piece in back_to_back(len(plan.segments), run_segment, self.pipeline.queue_chunks, queues):
             if piece.is_final:  # every segment ends with a final piece; only the last one ends the response
                 finals += 1
                 if finals <= last:
