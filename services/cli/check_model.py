@@ -139,10 +139,12 @@ def report_as_json(report: "ModelReport") -> str:
 
 def run_check(model_dir: str, as_json: bool, prog: str = PROG, summary_only: bool = False) -> int:
     """Inspect, print the report (stdout) and the problems (stderr); the exit code to use."""
-    from services.common.modeldir.inspection import inspect_model_dir
-    from services.common.modeldir.layout import ModelDirError
+    from services.common.modeldir.layout import ModelDir, ModelDirError
 
     try:
+        ModelDir.open(model_dir)  # before importing torch: a wrong path is answered at once
+        from services.common.modeldir.inspection import inspect_model_dir
+
         report = inspect_model_dir(model_dir)
     except ModelDirError as exc:  # not a model directory at all: nothing to report
         raise SystemExit(f"{prog}: {exc}") from None
