@@ -89,7 +89,9 @@ def download_huggingface(repo: str, revision: str, target: Path) -> str:
         # reached, quietly return whatever a non-empty DIR already holds.
         info = HfApi().model_info(repo, revision=revision, timeout=INFO_TIMEOUT_S)
     except OfflineModeIsEnabled:
-        raise DownloadError("HF_HUB_OFFLINE is set; unset it to download") from None
+        raise DownloadError(
+            "HF_HUB_OFFLINE is set (the images set it for serving); run with HF_HUB_OFFLINE=0 to download"
+        ) from None
     except GatedRepoError:
         raise DownloadError(f"repository {repo} on {endpoint} is gated: accept its terms there and set HF_TOKEN") from None
     except RevisionNotFoundError:

@@ -27,12 +27,17 @@ _RANGE = re.compile(r"^bytes=(\d+)-$")
 
 
 class FakeRepo:
-    """A directory served as a repository at one commit (derived from its file list)."""
+    """A directory served as a repository at one commit (derived from its file list).
 
-    def __init__(self, root: Path) -> None:
+    `error` = (status, X-Error-Code) answers every request for the repository with that error
+    (e.g. (403, "GatedRepo"), (500, "")); `phantom_files` are listed but never served.
+    """
+
+    def __init__(self, root: Path, error: tuple[int, str] | None = None, phantom_files: tuple[str, ...] = ()) -> None:
         self.root = root
+        self.error = error
         self.files = sorted(
-            path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()
+            [path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()] + list(phantom_files)
         )
         self.sha = hashlib.sha1("\n".join(self.files).encode()).hexdigest()
 
@@ -43,8 +48,10 @@ class FakeRepo:
 class FakeHub:
     """`with FakeHub({"org/name": directory}) as hub:` serves on `hub.endpoint` (port 0)."""
 
-    def __init__(self, repos: dict[str, Path]) -> None:
-        self.repos = {repo_id: FakeRepo(Path(root)) for repo_id, root in repos.items()}
+    def __init__(self, repos: dict[str, Path | FakeRepo]) -> None:
+        self.repos = {
+            repo_id: root if isinstance(root, FakeRepo) else FakeRepo(Path(root)) for repo_id, root in repos.items()
+        }
         self.requests: list[tuple[str, str]] = []
         self.unhandled: list[tuple[str, str]] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -98,6 +105,9 @@ class FakeHub:
         if repo is None:
             self._error(request, 404, "RepoNotFound", "Repository not found", send_body)
             return None
+        if repo.error is not None:
+            self._error(request, *repo.error, "the fake hub was told to fail", send_body)
+            return None
         if revision not in ("main", repo.sha):
             self._error(request, 404, "RevisionNotFound", "Invalid rev id", send_body)
             return None
@@ -119,7 +129,7 @@ class FakeHub:
         repo = self._lookup(request, repo_id, revision, send_body)
         if repo is None:
             return
-        if name not in repo.files:
+        if name not in repo.files or not (repo.root / name).is_file():
             self._error(request, 404, "EntryNotFound", "Entry not found", send_body, {"X-Repo-Commit": repo.sha})
             return
         data = (repo.root / name).read_bytes()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.fake_hub import FakeHub, linked_copy
+from tests.cli.fake_hub import FakeHub, FakeRepo, linked_copy
 from tests.conftest import ROOT
 
 PROG = "cosyvoice download-model"
@@ -106,6 +106,28 @@ def test_unknown_revision_is_one_line(official_layout, hf_env, tmp_path):
     assert_one_line_error(result, f"revision 'v9' not found in repository {OFFICIAL_REPO} on {hub.endpoint}")
 
 
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        ((403, "GatedRepo"), "repository {repo} on {endpoint} is gated: accept its terms there and set HF_TOKEN"),
+        ((500, ""), "{endpoint} answered HTTP 500 for {repo}; try again later"),
+    ],
+)
+def test_hub_refusing_the_repository_is_one_line(official_layout, hf_env, tmp_path, error, message):
+    with FakeHub({OFFICIAL_REPO: FakeRepo(official_layout, error=error)}) as hub:
+        result = run_cli("download-model", "CosyVoice2-0.5B", str(tmp_path / "m"), env={**hf_env, "HF_ENDPOINT": hub.endpoint})
+    assert_one_line_error(result, message.format(repo=OFFICIAL_REPO, endpoint=hub.endpoint))
+
+
+def test_file_listed_but_not_served_is_one_line(official_layout, hf_env, tmp_path):
+    repo = FakeRepo(official_layout, phantom_files=("zz-missing.bin",))
+    with FakeHub({OFFICIAL_REPO: repo}) as hub:
+        result = run_cli("download-model", "CosyVoice2-0.5B", str(tmp_path / "m"), env={**hf_env, "HF_ENDPOINT": hub.endpoint})
+    assert_one_line_error(
+        result, f"{hub.endpoint} lists a file of {OFFICIAL_REPO} that it then does not serve; rerun with --force to resume"
+    )
+
+
 def test_hub_down_is_one_line(hf_env, tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]  # closed when the block ends: nothing listens there
@@ -118,11 +140,30 @@ def test_hub_down_is_one_line(hf_env, tmp_path):
     )
 
 
-def test_unknown_model_name_without_a_slash(hf_env, tmp_path):
-    result = run_cli("download-model", "CosyVoice3", str(tmp_path / "m"), env=hf_env)
+def test_offline_mode_is_named(hf_env, tmp_path):
+    env = {**hf_env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    result = run_cli("download-model", "CosyVoice2-0.5B", str(tmp_path / "m"), env=env)
     assert_one_line_error(
-        result, "unknown model 'CosyVoice3': known models are CosyVoice2-0.5B; or give a hub repository as ORG/NAME"
+        result, "HF_HUB_OFFLINE is set (the images set it for serving); run with HF_HUB_OFFLINE=0 to download"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("CosyVoice3", "unknown model 'CosyVoice3': known models are CosyVoice2-0.5B; or give a hub repository as ORG/NAME"),
+        ("a/b/c", "'a/b/c' is not a hub repository id (expected ORG/NAME)"),
+    ],
+)
+def test_bad_model_name_is_one_line(hf_env, tmp_path, name, message):
+    assert_one_line_error(run_cli("download-model", name, str(tmp_path / "m"), env=hf_env), message)
+
+
+def test_target_that_is_a_file_is_refused(hf_env, tmp_path):
+    target = tmp_path / "model"
+    target.write_text("")
+    result = run_cli("download-model", "CosyVoice2-0.5B", str(target), env=hf_env)
+    assert_one_line_error(result, f"{target} exists and is not a directory")
 
 
 def test_directory_that_is_not_empty_is_refused(hf_env, tmp_path):
@@ -152,6 +193,22 @@ def test_modelscope_not_installed_is_one_line(hf_env, tmp_path):
     assert_one_line_error(
         result, "--hub modelscope needs the modelscope package, which is not installed (pip install modelscope)"
     )
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("def snapshot_download(model_id, revision=None, cache_dir=None):\n    pass\n",
+         "this modelscope is too old to download into a directory; pip install -U modelscope"),
+        ("def snapshot_download(model_id, revision=None, local_dir=None):\n    raise RuntimeError('no such model')\n",
+         "ModelScope could not download iic/CosyVoice2-0.5B: RuntimeError: no such model"),
+    ],
+)
+def test_modelscope_failure_is_one_line(hf_env, tmp_path, body, message):
+    stubs = _stub_package(tmp_path / "stubs", body)
+    env = {**hf_env, "PYTHONPATH": str(stubs)}
+    result = run_cli("download-model", "CosyVoice2-0.5B", str(tmp_path / "m"), "--hub", "modelscope", env=env)
+    assert_one_line_error(result, message)
 
 
 @pytest.mark.slow

@@ -22,7 +22,8 @@ from services.common.modeldir.layout import (
 
 TOKENIZER_JSON = f"{QWEN_DIR}/tokenizer.json"
 TOKENIZER_PAIR = (f"{QWEN_DIR}/vocab.json", f"{QWEN_DIR}/merges.txt")
-# Written by huggingface_hub next to files downloaded into a local directory; not model files.
+# Hidden paths are not model files: huggingface_hub's `.cache/` in a downloaded directory,
+# `.gitattributes`, ModelScope's `.msc` / `.mv` markers.
 _IGNORED_PREFIXES = (".",)
 
 
