@@ -142,6 +142,53 @@ def test_unreadable_speaker_file_blocks_flow_and_frontend(model_copy):
     }  # fmt: skip
 
 
+def _drop_llm_decoder(model: Path) -> None:
+    state = torch.load(model / "llm.pt", weights_only=True)
+    del state["llm_decoder.weight"]
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    replace_file(model / "llm.pt", buffer.getvalue())
+
+
+def _yaml_that_runs_code(model: Path) -> None:
+    text = (model / "cosyvoice2.yaml").read_text()
+    replace_file(model / "cosyvoice2.yaml", ("boom: !!python/object/apply:os.system ['true']\n" + text).encode())
+
+
+@pytest.mark.parametrize(
+    ("damage", "problems", "broken_stages"),
+    [
+        (_drop_llm_decoder, ["llm.pt: has no llm_decoder.weight (the llm needs it)"], {"llm"}),
+        # The S3 tokenizer's place taken by CAM++: one input where the frontend feeds two.
+        (lambda model: replace_file(model / "speech_tokenizer_v2.onnx", (model / "campplus.onnx").read_bytes()),
+         ["speech_tokenizer_v2.onnx: has 1 input(s), the frontend feeds 2 ((1, 128, T) whisper log-mel, "
+          "the int32 frame count)"],
+         {"frontend"}),
+        (lambda model: replace_file(model / "CosyVoice-BlankEN" / "config.json",
+                                    json.dumps(json.loads((model / "CosyVoice-BlankEN" / "config.json").read_text())
+                                               | {"vocab_size": 100}).encode()),
+         ["llm.pt: llm.model.model.embed_tokens.weight has shape (576, 64), the config needs (100, 64) "
+          "(config.json vocab_size, hidden_size)",
+          "llm.pt: llm.model.lm_head.weight has shape (576, 64), the config needs (100, 64) "
+          "(config.json vocab_size, hidden_size)",
+          "CosyVoice-BlankEN: the tokenizer has 532 tokens but config.json vocab_size is 100: text token ids would "
+          "fall outside the LLM's embedding"],
+         {"llm", "frontend"}),
+        (_yaml_that_runs_code,
+         ["cosyvoice2.yaml: unsupported yaml tag '!object/apply:os.system' at line 1"],
+         {"llm", "flow", "vocoder", "frontend"}),
+    ],
+    ids=["missing-key", "wrong-onnx-model", "vocab-too-small", "yaml-with-python-tag"],
+)
+def test_damaged_directory_names_each_problem(model_copy, damage, problems, broken_stages):
+    damage(model_copy)
+    result = run_cli("check-model", str(model_copy), "--json")
+    assert_problems(result, *problems)
+    report = json.loads(result.stdout)
+    assert {stage["name"] for stage in report["stages"] if not stage["ok"]} == broken_stages
+    assert not any(mode["ready"] for mode in report["modes"])
+
+
 def test_not_a_model_directory_is_one_line(tmp_path):
     result = run_cli("check-model", str(tmp_path))
     assert_problems(result, f"model directory {tmp_path} has none of cosyvoice.yaml, cosyvoice2.yaml, cosyvoice3.yaml")

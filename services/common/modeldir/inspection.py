@@ -32,6 +32,7 @@ from services.common.modeldir.layout import (
     ModelDirError,
 )
 from services.common.modeldir.onnx_summary import OnnxSummary, summarize_onnx
+from services.common.modeldir.tokenizer import CosyVoiceTokenizer
 
 # Which components each stage process reads when it starts (services/<stage>/server.py).
 STAGE_COMPONENTS: dict[str, tuple[str, ...]] = {
@@ -98,7 +99,8 @@ class _Findings:
         self.by_component: dict[str, list[str]] = {}
 
     def add(self, component: str, problems: list[str]) -> None:
-        self.by_component.setdefault(component, []).extend(problems)
+        # One line each, whatever the source: yaml and torch errors span several lines.
+        self.by_component.setdefault(component, []).extend(" ".join(p.split()) for p in problems)
 
     def of(self, components: tuple[str, ...]) -> list[str]:
         seen: dict[str, None] = {}
@@ -139,9 +141,7 @@ def _check_onnx(
     return summary
 
 
-def _check_tokenizer(model_dir: ModelDir, findings: _Findings) -> tuple[TokenizerSummary, object | None]:
-    from services.common.modeldir.tokenizer import CosyVoiceTokenizer
-
+def _check_tokenizer(model_dir: ModelDir, findings: _Findings) -> tuple[TokenizerSummary, CosyVoiceTokenizer | None]:
     summary = TokenizerSummary(QWEN_DIR)
     directory = model_dir.root / QWEN_DIR
     if not directory.is_dir():
@@ -165,7 +165,9 @@ def _check_tokenizer(model_dir: ModelDir, findings: _Findings) -> tuple[Tokenize
     return summary, tokenizer
 
 
-def _check_speakers(model_dir: ModelDir, tokenizer: object | None, findings: _Findings) -> list[SpeakerEntry]:
+def _check_speakers(
+    model_dir: ModelDir, tokenizer: CosyVoiceTokenizer | None, findings: _Findings
+) -> list[SpeakerEntry]:
     from services.frontend.spk2info import read_spk2info
 
     path = model_dir.spk2info_path
@@ -173,7 +175,7 @@ def _check_speakers(model_dir: ModelDir, tokenizer: object | None, findings: _Fi
         return []
 
     def decode(ids: list[int]) -> str:  # prompt texts are stored as token ids in official files
-        return tokenizer.decode(ids, skip_special_tokens=False) if tokenizer is not None else ""  # type: ignore[attr-defined]
+        return tokenizer.decode(ids, skip_special_tokens=False) if tokenizer is not None else ""
 
     try:
         records = read_spk2info(path, decode)
@@ -227,7 +229,8 @@ def inspect_model_dir(path: str | Path) -> ModelReport:
         model_dir.config  # noqa: B018 - parse once; every stage needs it
         config_ok = True
     except ModelDirError as exc:
-        findings.add("config", [str(exc)])
+        yaml_name = model_dir.generation.yaml_name  # some parser messages do not name the file
+        findings.add("config", [str(exc) if yaml_name in str(exc) else f"{yaml_name}: {exc}"])
         config_ok = False
     checkpoints = [
         _check_checkpoint(model_dir, LLM_CHECKPOINT, "llm", "llm.config", llm_expectations, config_ok, findings),
