@@ -96,7 +96,8 @@ class FlowRunner:
         else:
             self.metrics.queue_depth.inc()
             try:
-                mel = await self._batcher.submit(ChunkJob(session, tuple(session.tokens), session.token_offset, finalize))
+                job = ChunkJob(session, tuple(session.tokens), session.token_offset, finalize)
+                mel = await self._batcher.submit(job)
             finally:
                 self.metrics.queue_depth.dec()
             session.token_offset = emit_end

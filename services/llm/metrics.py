@@ -17,7 +17,8 @@ class LLMMetrics:
             "cosyvoice_llm_requests_running", "Sequences holding a KV-cache slot.", registry=registry
         )
         self.requests_waiting = Gauge(
-            "cosyvoice_llm_requests_waiting", "Requests queued for a KV-cache slot (the LLM's queue).", registry=registry
+            "cosyvoice_llm_requests_waiting", "Requests queued for a KV-cache slot (the LLM's queue).",
+            registry=registry,
         )
         self.kv_cache_usage = Gauge(
             "cosyvoice_llm_kv_cache_usage_ratio",

@@ -61,6 +61,16 @@ def _handled(host: ServiceHost, code: str, service: str = SERVICE, method: str =
     return host.registry.get_sample_value(HANDLED, labels) or 0.0
 
 
+async def _recorded(host: ServiceHost, code: str) -> float:
+    """The count once the handler has unwound. context.abort sends the status before it raises,
+    so the caller may hear the code a moment before the interceptor records it: wait, bounded."""
+    for _ in range(500):
+        if _handled(host, code):
+            break
+        await asyncio.sleep(0.01)
+    return _handled(host, code)
+
+
 async def _generate(address: str, text: str) -> grpc.StatusCode:
     async with grpc.aio.insecure_channel(address) as channel:
         call = llm_pb2_grpc.SpeechTokenGeneratorStub(channel).Generate(llm_pb2.GenerateRequest(text=text))
@@ -77,7 +87,7 @@ async def _generate(address: str, text: str) -> grpc.StatusCode:
 )
 async def test_a_handler_outcome_is_counted_with_its_code(host, text, code):
     assert (await _generate(host.address, text)).name == code
-    assert _handled(host, code) == 1
+    assert await _recorded(host, code) == 1
     count = host.registry.get_sample_value(
         "cosyvoice_grpc_server_handling_seconds_count", {"grpc_service": SERVICE, "grpc_method": "Generate"}
     )
@@ -104,11 +114,7 @@ async def test_a_client_cancel_is_counted_as_cancelled(host):
         await host.servicer.streaming.wait()
         call.cancel()
         await asyncio.wait_for(host.servicer.cancelled.wait(), 10)
-    for _ in range(200):  # the handler unwinds after its cancellation: wait for the record, bounded
-        if _handled(host, "CANCELLED"):
-            break
-        await asyncio.sleep(0.01)
-    assert _handled(host, "CANCELLED") == 1
+    assert await _recorded(host, "CANCELLED") == 1
     assert _handled(host, "OK") == 0
 
 
@@ -140,3 +146,16 @@ def test_gpu_memory_is_read_at_scrape_time():
     used["allocated"] = 150
     assert registry.get_sample_value("cosyvoice_gpu_memory_allocated_bytes", {"device": "cuda:1"}) == 300
     assert registry.get_sample_value("cosyvoice_gpu_memory_reserved_bytes", {"device": "cuda:1"}) == 300
+
+
+async def test_a_passed_deadline_is_counted_as_deadline_exceeded(host):
+    async with grpc.aio.insecure_channel(host.address) as channel:
+        call = llm_pb2_grpc.SpeechTokenGeneratorStub(channel).Generate(
+            llm_pb2.GenerateRequest(text="forever"), timeout=0.5
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in call:
+                pass
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await asyncio.wait_for(host.servicer.cancelled.wait(), 10)
+    assert await _recorded(host, "DEADLINE_EXCEEDED") == 1
