@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import onnx
+
 from services.common.speakers import EMBEDDING_DIM
 from services.frontend.features import FBANK_BINS, WHISPER_N_MELS
 
@@ -44,20 +46,19 @@ class _Expected:
     why: str
 
 
-# Per model: its role, then what the frontend feeds it (by position) and reads back.
+# Per model: its role, then what the frontend feeds it (by position) and reads back. The speech
+# tokenizer's output is flattened and cast to int32 by the frontend, so any integer output works.
 _CAMPPLUS = ("speaker encoder (CAM++)",
              [_Expected("FLOAT", 3, {-1: FBANK_BINS}, f"(1, T, {FBANK_BINS}) fbank")],
              [_Expected("FLOAT", None, {-1: EMBEDDING_DIM}, f"a {EMBEDDING_DIM}-dim x-vector")])  # fmt: skip
 _SPEECH_TOKENIZER = ("speech tokenizer (S3)",
                      [_Expected("FLOAT", 3, {1: WHISPER_N_MELS}, f"(1, {WHISPER_N_MELS}, T) whisper log-mel"),
                       _Expected("INT32", 1, {}, "the int32 frame count")],
-                     [])  # fmt: skip  # tokens are flattened and cast, so any integer output works
+                     [])  # fmt: skip
 
 
-def _spec(value_info: object) -> TensorSpec:
-    import onnx
-
-    tensor_type = value_info.type.tensor_type  # type: ignore[attr-defined]
+def _spec(value_info: onnx.ValueInfoProto) -> TensorSpec:
+    tensor_type = value_info.type.tensor_type
     dims: list[int | str] = []
     for dim in tensor_type.shape.dim:
         if dim.HasField("dim_value"):
@@ -65,7 +66,7 @@ def _spec(value_info: object) -> TensorSpec:
         else:
             dims.append(dim.dim_param or "?")
     dtype = onnx.TensorProto.DataType.Name(tensor_type.elem_type)
-    return TensorSpec(value_info.name, dtype, dims)  # type: ignore[attr-defined]
+    return TensorSpec(value_info.name, dtype, dims)
 
 
 def _judge(file: str, kind: str, position: int, spec: TensorSpec, expected: _Expected) -> list[str]:
@@ -84,8 +85,6 @@ def _judge(file: str, kind: str, position: int, spec: TensorSpec, expected: _Exp
 
 def summarize_onnx(path: Path, speech_tokenizer: bool) -> OnnxSummary:
     """Read the graph's signature (not its weights' external data) and check it."""
-    import onnx
-
     role, inputs, outputs = _SPEECH_TOKENIZER if speech_tokenizer else _CAMPPLUS
     summary = OnnxSummary(path.name, role, path.stat().st_size)
     try:
