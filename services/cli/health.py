@@ -8,13 +8,15 @@ anything else is one line on stderr and exit code 1.
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 from typing import Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
+# The images' HEALTHCHECK runs `cosyvoice health` with no argument; a stage's container sets
+# COSYVOICE_HEALTH_ADDRESS to its own port (the default is the gateway's).
+DEFAULT_ADDRESS = os.environ.get("COSYVOICE_HEALTH_ADDRESS", "127.0.0.1:50051")
 
 
 def check(address: str, service: str = "", timeout: float = 3.0) -> str:

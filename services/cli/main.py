@@ -14,7 +14,8 @@ USAGE = """usage: cosyvoice <command> [options]
 commands:
   serve {llm,flow,vocoder,frontend,gateway} [flags]
                                             run one service (flags or COSYVOICE_<SERVICE>_* env vars)
-  up [--model-dir DIR] [--device cpu|cuda]  run the whole stack locally as five processes
+  up [--model-dir DIR] [--device cpu|cuda] [--port 50051] [--metrics-port 9400] [--metrics-host H]
+                                            run the whole stack locally as five processes
   synth TEXT -o OUT.wav [--mode M] [--speaker ID | --prompt-audio FILE [--prompt-text TEXT]]
         [--instruct TEXT] [--speed X] [--no-text-frontend] [--seed N] [--address HOST:PORT]
                                             synthesize through a running gateway
@@ -29,10 +30,11 @@ commands:
   bench voices [options]                    registered speaker vs inline prompt: time to first audio
   make-tiny-model OUT_DIR [--seed N] [--no-presets] [--full-size] [--force]
                                             write a random-weight model in the official layout
-  check-model DIR                           validate a model directory: files, shapes, dtypes,
+  check-model DIR [--json]                  validate a model directory: files, shapes, dtypes,
                                             preset speakers, and what each mode still lacks
-  download-model NAME DIR                   fetch an official model from a hub (huggingface or
-                                            modelscope), then check it
+  download-model NAME DIR [--hub huggingface|modelscope] [--revision R] [--force]
+                                            fetch an official model (e.g. CosyVoice2-0.5B) from a
+                                            hub, then check it
   health [HOST:PORT] [--service NAME]       exit 0 if the service reports SERVING (the images'
                                             healthcheck)
   --version                                 print the version

@@ -49,6 +49,12 @@ SERVER_OPTIONS = [
     # with GOAWAY too_many_pings, so the next call pays a reconnect.
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.so_reuseport", 0),
+    # A client re-resolves a dns:/// name only when a connection closes. Closing each
+    # connection after about 5 minutes (gRPC adds jitter) lets the gateway find replicas added
+    # since (compose --scale, a Kubernetes autoscaler). The GOAWAY stops new calls only: streams
+    # already running get an hour to finish, far beyond the gateway's 300 s stage deadline.
+    ("grpc.max_connection_age_ms", 300_000),
+    ("grpc.max_connection_age_grace_ms", 3_600_000),
 ]
 
 

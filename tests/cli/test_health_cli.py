@@ -37,3 +37,14 @@ async def test_health_of_nothing_listening_is_one_line():
 async def test_version():
     out = assert_ok(await cosyvoice("--version"))
     assert out.startswith("cosyvoice ") and out.split()[1][0].isdigit(), out
+
+
+async def test_health_address_defaults_to_the_environment(monkeypatch):
+    host = ServiceHost(ServerConfig(), bindings=[])
+    await host.start()
+    try:
+        await host.warm_up(None)
+        monkeypatch.setenv("COSYVOICE_HEALTH_ADDRESS", host.address)  # inherited by the process
+        assert assert_ok(await cosyvoice("health")).strip() == f"{host.address} SERVING"
+    finally:
+        await host.stop(0)
