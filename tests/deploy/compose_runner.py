@@ -12,6 +12,7 @@ wrong port or a misspelt variable fails here as it would in a container.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -51,8 +52,6 @@ class Resolved:
 
     @property
     def config(self) -> dict[str, Any]:
-        import json
-
         if self.code != 0:
             raise ComposeError(f"docker-compose config failed ({self.code}): {self.stderr.strip()}")
         return json.loads(self.stdout)
