@@ -71,13 +71,15 @@ RUN /opt/venv/bin/python -m pip install --no-deps --no-build-isolation /src \
 # Final images. The two targets differ only in base and in what they copy from their builder;
 # keep the rest identical (the test checks USER, HEALTHCHECK, ENTRYPOINT and VOLUMEs of both).
 FROM cuda-base AS gpu
-# UID/GID 10001: fixed so volume owners can be set on the host (docs/images.md). No apt
+# UID/GID 10001: fixed so volume owners can be set on the host (docs/images.md). /models is
+# owned by it too: a new named volume mounted there takes this owner, so the CPU compose
+# variant's init service can write the tiny model into it (stages mount it read-only). No apt
 # packages: the wheels bundle what they link (libsndfile in soundfile, CUDA libs in torch).
 RUN groupadd --gid 10001 cosyvoice \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /var/lib/cosyvoice \
         --shell /usr/sbin/nologin cosyvoice \
  && install -d -o 10001 -g 10001 -m 0750 /var/cache/cosyvoice /var/lib/cosyvoice \
- && install -d -m 0755 /models
+ && install -d -o 10001 -g 10001 -m 0755 /models
 COPY --from=gpu-builder /opt/python /opt/python
 COPY --from=gpu-builder /opt/venv /opt/venv
 # Offline at run time: the hub clients must not try the network; every cache that a library
@@ -110,7 +112,7 @@ RUN groupadd --gid 10001 cosyvoice \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /var/lib/cosyvoice \
         --shell /usr/sbin/nologin cosyvoice \
  && install -d -o 10001 -g 10001 -m 0750 /var/cache/cosyvoice /var/lib/cosyvoice \
- && install -d -m 0755 /models
+ && install -d -o 10001 -g 10001 -m 0755 /models
 COPY --from=cpu-builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \

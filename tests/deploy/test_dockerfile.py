@@ -205,6 +205,8 @@ def test_final_stage_contract(target):
     setup = " ".join(" ".join(r.value) for r in stage.all("RUN"))
     assert re.search(rf"useradd --uid {UID} --gid {UID}\b", setup)
     assert re.search(rf"install -d -o {UID} -g {UID}\b[^&]*/var/cache/cosyvoice /var/lib/cosyvoice", setup)
+    # The CPU compose variant's init service writes the tiny model into a named volume at /models.
+    assert re.search(rf"install -d -o {UID} -g {UID}\b[^&]*/models\b", setup)
     assert not re.search(r"\b(curl|wget|pip)\b", setup), "final stages download nothing"
 
 
