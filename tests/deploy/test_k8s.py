@@ -244,7 +244,7 @@ def test_gpu_overlay_gives_one_gpu_to_llm_flow_vocoder_and_real_weights_to_all()
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # replicas on several nodes mount it
     job = pod(named(docs("fill-models"), "Job", "fill-models"))
     assert job["volumes"][0]["persistentVolumeClaim"]["claimName"] == "cosyvoice-models"
-    assert job["containers"][0]["args"][-1] == "/models/CosyVoice2-0.5B"
+    assert job["containers"][0]["args"][2:] == ["/models/CosyVoice2-0.5B", "--force"]  # a retry resumes
 
 
 def test_cpu_overlay_has_no_gpu_and_makes_the_tiny_model_where_the_stages_read_it():
