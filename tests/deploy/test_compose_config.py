@@ -153,3 +153,13 @@ def test_a_broken_file_is_refused(tmp_path: Path, broken: str) -> None:
     override.write_text(broken)
     result = resolve(BASE_FILE, override)
     assert result.code != 0 and result.stderr.strip(), result
+
+
+def test_the_extra_gpu_example_adds_an_llm_on_its_own_gpu_under_the_llm_name() -> None:
+    services = resolve(BASE_FILE, BASE_FILE.parent / "compose.llm-gpu3.yaml").config["services"]
+    extra = services["llm-gpu3"]
+    assert gpu_ids(extra) == ["3"], "one GPU, not the base llm's GPU 0 appended to it"
+    assert gpu_ids(services["llm"]) == ["0"]
+    assert extra["networks"]["stages"]["aliases"] == ["llm"]  # dns:///llm:50052 finds it too
+    assert extra["command"] == ["serve", "llm"] and env(extra, "PORT") == "50052"
+    assert mount(extra, "/models")["read_only"] is True
