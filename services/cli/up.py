@@ -24,6 +24,8 @@ from typing import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common import die_with_parent
+
 from services.common.config import DEFAULT_METRICS_PORTS
 
 _LISTENING = re.compile(r"listening on (\S+:\d+)(?: metrics (\S+:\d+))?")
@@ -46,25 +48,15 @@ class Child:
         return f"{self.name} {self.address}{metrics}"
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM when `up` dies, even by SIGKILL (Linux only), so
-    a crashed or killed `up` leaves no servers behind."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
-
-
 def _start(name: str, args: list[str], env: dict[str, str], timeout: float) -> Child:
-    command = [sys.executable, "-m", "services.cli.main", "serve", name, *args]
+    # Wrapped so the child gets SIGTERM when `up` dies, even by SIGKILL (see die_with_parent).
+    command = die_with_parent.command([sys.executable, "-m", "services.cli.main", "serve", name, *args])
     # Own process group: a terminal's Ctrl-C reaches `up` alone, which then stops the gateway
     # first (it drains) and the stages after it, instead of all four stopping at once. Not a new
     # session: with the kernel's autogroup scheduling a session is its own CPU group, and the
     # compute threads' higher nice value would no longer let other processes' relays go first.
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, text=True, env=env, process_group=0, preexec_fn=_die_with_parent
+        command, stdout=subprocess.PIPE, text=True, env=env, process_group=0
     )
     child = Child(name, process)
     bound = threading.Event()

@@ -26,6 +26,7 @@ from typing import Any
 
 import compose
 
+from services.common import die_with_parent
 from tests.conftest import ROOT
 
 COMPOSE_BINARY = Path(compose.__file__).resolve().parent / "docker-compose"
@@ -238,10 +239,10 @@ class LocalCompose:
         words = list(spec.get("entrypoint") or IMAGE_ENTRYPOINT) + list(spec.get("command") or [])
         log = self.workdir / "logs" / f"{name}.log"
         with log.open("a") as out:
-            process = subprocess.Popen(self.rewrites.argv(words, mounts), cwd=ROOT, stdout=out,
+            # die_with_parent: a killed test run leaves no service holding the contract's ports.
+            process = subprocess.Popen(die_with_parent.command(self.rewrites.argv(words, mounts)), cwd=ROOT, stdout=out,
                                        stderr=subprocess.STDOUT, env=self.rewrites.environment(spec, mounts),
-                                       start_new_session=True,  # its own group: stop() ends its children too
-                                       preexec_fn=_die_with_parent)
+                                       start_new_session=True)  # its own group: stop() ends its children too
         grace = _seconds(spec.get("stop_grace_period", "10s"))
         self.processes[name] = LocalProcess(name, process, log, grace)
 
@@ -289,16 +290,6 @@ class LocalCompose:
             except subprocess.TimeoutExpired:
                 os.killpg(local.process.pid, signal.SIGKILL)
                 local.process.wait()
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the test process dies, even by SIGKILL, so a
-    killed test run leaves no service holding the contract's ports (Linux only)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _seconds(duration: str) -> float:
