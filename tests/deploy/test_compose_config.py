@@ -4,12 +4,16 @@ the resolved JSON, and a broken file is refused."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.deploy.compose_runner import BASE_FILE, CPU_FILE, is_ours, resolve
+from tests.deploy.compose_runner import BASE_FILE, COMPOSE_BINARY, CPU_FILE, is_ours, resolve
 
 # The contract's table: gRPC port, metrics port.
 PORTS = {"gateway": (50051, 9400), "llm": (50052, 9401), "flow": (50053, 9402), "vocoder": (50054, 9403),
@@ -141,6 +145,21 @@ def test_grafana_password_comes_from_env() -> None:
     assert missing.code != 0 and "GRAFANA_ADMIN_PASSWORD" in missing.stderr
     chosen = resolve(BASE_FILE, env={"GRAFANA_ADMIN_PASSWORD": "s3cret"}).config["services"]["grafana"]
     assert chosen["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret"
+
+
+def test_the_env_file_example_is_enough_for_every_command(tmp_path: Path) -> None:
+    """deploy/.env.example copied to deploy/.env is read by every compose command, so the
+    password need not be exported in each shell (docs/deploy.md tells operators to do this)."""
+    project = tmp_path / "deploy"
+    shutil.copytree(BASE_FILE.parent, project, ignore=shutil.ignore_patterns("k8s"))
+    shutil.copy(project / ".env.example", project / ".env")
+    # Nothing of the file's variables in the environment: an exported empty value would win.
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("GRAFANA_", "COSYVOICE_"))}
+    done = subprocess.run([str(COMPOSE_BINARY), "-f", str(project / "compose.yaml"), "config", "--format", "json"],
+                          capture_output=True, text=True, env=environ, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    grafana = json.loads(done.stdout)["services"]["grafana"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "change-me"
 
 
 @pytest.mark.parametrize("broken", [
