@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
+import sys
 import types
 import typing
 from pathlib import Path
@@ -126,6 +128,24 @@ def load_config(
             values[field.name] = _convert(flags[field.name], hints[field.name], label)
         elif f"{prefix}{field.name.upper()}" in environ:
             values[field.name] = _convert(environ[f"{prefix}{field.name.upper()}"], hints[field.name], label)
+    for warning in unknown_settings(config_type, environ):
+        print(f"{getattr(config_type, 'PROG', None) or 'cosyvoice'}: warning: {warning}", file=sys.stderr)
     config = config_type(**values)
     config.validate()  # type: ignore[attr-defined]
     return config
+
+
+def unknown_settings(config_type: type, environ: Mapping[str, str]) -> list[str]:
+    """Variables with this service's prefix that name no setting: a typo in a compose file or
+    a manifest would otherwise be ignored without a word. Warned about, not refused: the compose
+    files' own variables (e.g. COSYVOICE_LLM_GPU) share the prefix and may be exported too."""
+    prefix = getattr(config_type, "ENV_PREFIX", "COSYVOICE_")
+    names = [f"{prefix}{field.name.upper()}" for field in dataclasses.fields(config_type)]
+    warnings = []
+    for key in sorted(environ):
+        if key.startswith(prefix) and key not in names:
+            # Compare without the shared prefix, or every short name looks close to every other.
+            close = difflib.get_close_matches(key[len(prefix):], [n[len(prefix):] for n in names], n=1, cutoff=0.8)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            warnings.append(f"{key} is not a setting of this service; ignored{hint}")
+    return warnings

@@ -72,3 +72,16 @@ def test_metrics_host_defaults_to_the_grpc_host():
         load_config(_Cfg, [], {"COSYVOICE_TEST_METRICS_HOST": "a b"})
     with pytest.raises(ConfigError, match=r"--metrics-port / COSYVOICE_TEST_METRICS_PORT must be -1 or in 0..65535"):
         load_config(_Cfg, ["--metrics-port", "-2"], {})
+
+
+def test_a_misspelt_variable_is_warned_about_naming_the_likely_setting(capsys):
+    from services.llm.config import LLMServiceConfig
+
+    config = load_config(LLMServiceConfig, ["--model-dir", "/m"],
+                         {"COSYVOICE_LLM_MAX_NUM_SEQ": "32", "COSYVOICE_LLM_GPU": "0", "COSYVOICE_CACHE": "/c"})
+    assert config.max_num_seqs == 16  # the typo changed nothing
+    assert capsys.readouterr().err.splitlines() == [
+        "cosyvoice serve llm: warning: COSYVOICE_LLM_GPU is not a setting of this service; ignored",
+        "cosyvoice serve llm: warning: COSYVOICE_LLM_MAX_NUM_SEQ is not a setting of this service; ignored "
+        "(did you mean COSYVOICE_LLM_MAX_NUM_SEQS?)",
+    ]
