@@ -44,8 +44,12 @@ commands:
 
 
 def _serve(argv: Sequence[str]) -> None:
-    if not argv or argv[0] not in ("llm", "flow", "vocoder", "frontend", "gateway"):
-        raise SystemExit("usage: cosyvoice serve {llm,flow,vocoder,frontend,gateway} [flags]  (--help for flags)")
+    services = ("llm", "flow", "vocoder", "frontend", "gateway")
+    if not argv or argv[0] in ("-h", "--help"):
+        raise SystemExit("usage: cosyvoice serve {llm,flow,vocoder,frontend,gateway} [flags]  "
+                         "(cosyvoice serve NAME --help lists the flags)")
+    if argv[0] not in services:
+        raise SystemExit(f"cosyvoice serve: unknown service {argv[0]!r} (one of {', '.join(services)})")
     stage, rest = argv[0], list(argv[1:])
     if stage == "gateway":
         from gateway.server import main as serve_main

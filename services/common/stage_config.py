@@ -6,7 +6,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from services.common.config import ServerConfig, check, setting
+from services.common.config import ConfigError, ServerConfig, check, setting, setting_names
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -24,7 +24,8 @@ class StageConfig(ServerConfig):
 
     def validate(self) -> None:
         super().validate()
-        check(self.model_dir is not None, self, "model_dir", "is required")
+        if self.model_dir is None:
+            raise ConfigError(f"{setting_names(type(self), 'model_dir')} is required: a CosyVoice2 model directory")
         check(self.device == "cpu" or self.device.startswith("cuda"), self, "device", "must be cpu, cuda or cuda:N")
         check(self.dtype in DTYPES, self, "dtype", f"must be one of {', '.join(DTYPES)}")
         check(self.num_threads >= 0, self, "num_threads", "must be >= 0")
