@@ -39,7 +39,10 @@ def voice() -> tuple[str, str] | None:
 def main() -> int:
     out = ROOT / "out" / "demo.wav"
     out.parent.mkdir(exist_ok=True)
-    command = [sys.executable, "-m", "services.cli.main", "up", "--port", "0"]
+    # Free ports, and a speaker database that lives as long as the demo: its voice must not land
+    # in the operator's default database (features of one model directory belong with it).
+    command = [sys.executable, "-m", "services.cli.main", "up", "--port", "0", "--metrics-port", "0",
+               "--speaker-db", ":memory:"]
     if os.environ.get("COSYVOICE_MODEL_DIR"):
         command += ["--model-dir", os.environ["COSYVOICE_MODEL_DIR"]]
     stack = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
