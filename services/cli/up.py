@@ -1,8 +1,9 @@
 """`cosyvoice up`: the whole stack on this machine, as five separate processes.
 
-Each stage binds a free gRPC port and prints `<stage> listening on host:port` on stdout;
-the gateway is started with those addresses. Every address is printed, the gateway's first.
-SIGINT/SIGTERM stop the gateway first (it drains), then the stages.
+The four stages bind free gRPC ports; the gateway is started with their addresses. `up`
+prints one line per service, gateway first: `NAME HOST:PORT (metrics HOST:PORT)`, then
+`ready: ...` once the gateway is SERVING. SIGINT/SIGTERM stop the gateway first (it drains),
+then the stages.
 
 Prometheus /metrics ports (--metrics-port N, default 9400; 0: free ports, -1: none):
   gateway N (9400)   llm N+1 (9401)   flow N+2 (9402)   vocoder N+3 (9403)   frontend N+4 (9404)
@@ -231,14 +232,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--model-dir", help="CosyVoice2 model directory (default: generate the tiny model)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: stage i on GPU i mod count")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=50051, help="gateway port (0: any free port)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface every service listens on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=50051, help="gateway port (default 50051; 0: any free port)")
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
                         help="the gateway's /metrics port N; llm, flow, vocoder, frontend get N+1..N+4 "
                              "(0: free ports; -1: no metrics)")
     parser.add_argument("--metrics-host", default="",
                         help="interface the /metrics servers listen on (default: the same as --host)")
-    parser.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for each stage")
+    parser.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for each stage (default 600)")
     parser.add_argument("--num-threads", type=int, default=None,
                         help="torch CPU threads per stage (default: 1 on cpu, so the processes do not "
                              "oversubscribe the cores; torch's default on cuda)")
