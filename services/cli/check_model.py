@@ -147,6 +147,8 @@ def run_check(model_dir: str, as_json: bool, prog: str = PROG, summary_only: boo
 
         report = inspect_model_dir(model_dir)
     except ModelDirError as exc:  # not a model directory at all: nothing to report
+        if as_json:  # scripts parsing stdout still get an answer
+            print(json.dumps({"model_dir": model_dir, "ok": False, "problems": [str(exc)]}, indent=2), flush=True)
         raise SystemExit(f"{prog}: {exc}") from None
     print(report_as_json(report) if as_json else render(report, summary_only), flush=True)
     for problem in report.problems:

@@ -195,6 +195,10 @@ def test_not_a_model_directory_is_one_line(tmp_path):
     assert result.stdout == ""
     missing = tmp_path / "nowhere"
     assert_problems(run_cli("check-model", str(missing)), f"model directory {missing} does not exist or is not a directory")
+    as_json = run_cli("check-model", str(missing), "--json")
+    assert_problems(as_json, f"model directory {missing} does not exist or is not a directory")
+    assert json.loads(as_json.stdout) == {"model_dir": str(missing), "ok": False,
+                                          "problems": [f"model directory {missing} does not exist or is not a directory"]}
 
 
 @pytest.mark.parametrize("command", ["check-model", "download-model"])
