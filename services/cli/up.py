@@ -256,10 +256,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         gateway_args += ["--speaker-db", args.speaker_db]
     children: list[Child] = []
     died: list[Child] = []  # children that exited before anyone asked them to
-    stopping = threading.Event()
+    stopping = threading.Event()  # set by the main thread only, once it has decided to stop
+    # A signal handler must not take locks: Event.set() in a handler that interrupts the main
+    # thread inside the same Event's wait (or a second signal inside the first handler) waits
+    # forever on a lock its own thread holds. Handlers and watchers write a byte to a pipe,
+    # which the main thread reads (os.write is safe in a handler).
+    wake_read, wake_write = os.pipe()
 
     def request_stop(signum: int, frame: object) -> None:
-        stopping.set()
+        os.write(wake_write, b"s")
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, request_stop)
@@ -276,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             child.process.wait()
             if not stopping.is_set():
                 died.append(child)
-            stopping.set()
+            os.write(wake_write, b"c")
 
         for child in children:
             threading.Thread(target=watch, args=(child,), daemon=True).start()
@@ -290,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         # Readiness is awaited beside the stop event, so a signal or a crashed stage ends `up`
         # at once instead of after the start timeout.
         threading.Thread(target=announce_ready, daemon=True).start()
-        stopping.wait()  # a signal or a child's exit
+        os.read(wake_read, 1)  # a signal (maybe already during start-up) or a child's exit
+        stopping.set()
         if died:
             print(f"cosyvoice up: {died[0].name} exited with code {died[0].process.returncode}", file=sys.stderr)
     finally:
