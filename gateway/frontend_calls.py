@@ -7,7 +7,7 @@ caller's field); everything else is the frontend stage's failure.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -15,6 +15,9 @@ from services.common.errors import InvalidRequest, Overloaded, upstream_error
 from services.common.pb import common_pb2, frontend_pb2, frontend_pb2_grpc
 from services.common.speaker_protos import record_from_proto
 from services.common.speakers import SpeakerRecord
+
+if TYPE_CHECKING:
+    from gateway.metrics import GatewayMetrics
 
 
 def _mapped(error: grpc.aio.AioRpcError) -> Exception:
@@ -26,16 +29,23 @@ def _mapped(error: grpc.aio.AioRpcError) -> Exception:
 
 
 class FrontendClient:
-    def __init__(self, stub: frontend_pb2_grpc.FrontendStub, timeout: float) -> None:
+    def __init__(
+        self, stub: frontend_pb2_grpc.FrontendStub, timeout: float, metrics: "GatewayMetrics | None" = None
+    ) -> None:
         self.stub = stub
         self.timeout = timeout
+        self.metrics = metrics
 
     async def _call(self, method: str, request: object, timeout: float | None = None) -> Any:
-        """One unary call, capped by the gateway's stage timeout, failures mapped."""
+        """One unary call, capped by the gateway's stage timeout, failures counted (under the
+        frontend's own code, like the other stages' in cosyvoice_gateway_upstream_errors_total)
+        and mapped."""
         deadline = self.timeout if timeout is None else min(timeout, self.timeout)
         try:
             return await getattr(self.stub, method)(request, timeout=deadline)
         except grpc.aio.AioRpcError as error:
+            if self.metrics is not None:
+                self.metrics.upstream_error("frontend", error.code())
             raise _mapped(error) from None
 
     async def encode_prompt(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -99,24 +99,3 @@ class GatewayMetrics:
     def upstream_error(self, stage: str, code: grpc.StatusCode) -> None:
         self.upstream_errors.labels(stage, code.name).inc()
 
-
-class CountedStub:
-    """A unary stub whose failed calls count in cosyvoice_gateway_upstream_errors_total; the
-    frontend's calls go through one, so its failures are counted like the other stages'."""
-
-    def __init__(self, stub: Any, stage: str, metrics: GatewayMetrics) -> None:
-        self._stub = stub
-        self._stage = stage
-        self._metrics = metrics
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self._stub, name)
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await method(*args, **kwargs)
-            except grpc.aio.AioRpcError as error:
-                self._metrics.upstream_error(self._stage, error.code())
-                raise
-
-        return call

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gateway.clients import StageClients, balanced_channel
 from gateway.config import GatewayConfig
 from gateway.frontend_calls import FrontendClient
-from gateway.metrics import CountedStub, GatewayMetrics
+from gateway.metrics import GatewayMetrics
 from gateway.official import OfficialCosyVoiceServicer
 from gateway.pipeline import StagePipeline
 from gateway.registry.servicer import SpeakersServicer
@@ -62,7 +62,7 @@ def build_gateway(config: GatewayConfig, registry=None) -> Gateway:  # noqa: ANN
         raise ConfigError(f"--speaker-db / COSYVOICE_GATEWAY_SPEAKER_DB: {exc}") from None
     clients = StageClients.connect(config.llm_addr, config.flow_addr, config.vocoder_addr, config.frontend_addr)
     metrics = GatewayMetrics(registry)
-    frontend = FrontendClient(CountedStub(clients.frontend, "frontend", metrics), config.upstream_timeout_seconds)
+    frontend = FrontendClient(clients.frontend, config.upstream_timeout_seconds, metrics)
     voices = VoiceBook(store, frontend)
     pipeline = StagePipeline(
         clients, config.chunk_policy, config.stage_queue_chunks, config.upstream_timeout_seconds, metrics
