@@ -68,6 +68,11 @@ class StreamingStageMetrics:
     ) -> None:
         streams_name, streams_help = streams
         self.streams = Gauge(f"cosyvoice_{stage}_{streams_name}", streams_help, registry=registry)
+        self.max_sessions = Gauge(
+            f"cosyvoice_{stage}_max_sessions",
+            f"The max_sessions setting: open {stage} streams beyond it get RESOURCE_EXHAUSTED.",
+            registry=registry,
+        )
         self.queue_depth = Gauge(
             f"cosyvoice_{stage}_queue_depth",
             f"Chunks handed to the {stage} batcher and not yet answered (waiting for a batch or in one).",

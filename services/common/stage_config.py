@@ -55,8 +55,12 @@ class BatchingStageConfig(StageConfig):
 
     max_batch_size: int = setting(8, "chunks of concurrent streams computed in one call")
     max_batch_wait_ms: float = setting(0.0, "how long a chunk may wait for others to batch with")
+    # 128 = the gateway's default max_concurrent_requests (64) × the two segments of one request
+    # that may be alive at once (gateway/segments.py): one default gateway never meets the cap.
+    max_sessions: int = setting(128, "open streams (each holds its caches) before RESOURCE_EXHAUSTED")
 
     def validate(self) -> None:
         super().validate()
         check(self.max_batch_size >= 1, self, "max_batch_size", "must be >= 1")
         check(self.max_batch_wait_ms >= 0, self, "max_batch_wait_ms", "must be >= 0")
+        check(self.max_sessions >= 1, self, "max_sessions", "must be >= 1")

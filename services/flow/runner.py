@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from services.common.batching import Batcher, length_buckets
-from services.common.errors import InvalidRequest
+from services.common.errors import InvalidRequest, Overloaded
 from services.flow.api import MelChunkResult, VoicePrompt
 from services.flow.chunk_decoder import (
     MEL_BINS,
@@ -38,8 +38,10 @@ class FlowRunner:
         max_wait_seconds: float = 0.0,
         max_padding_ratio: float = 1.2,
         nice_increment: int = 0,
+        max_sessions: int = 128,
     ) -> None:
         self.flow = flow
+        self.max_sessions = max_sessions
         self.max_padding_ratio = max_padding_ratio
         self.speakers = speakers
         self.metrics = metrics
@@ -67,6 +69,9 @@ class FlowRunner:
         await self._batcher.close()
 
     def open_session(self, speaker_id: str | None, prompt: VoicePrompt | None) -> FlowSession:
+        # Checked before the prompt is copied: each session holds its prompt and all its tokens.
+        if self.num_sessions >= self.max_sessions:
+            raise Overloaded(f"flow: {self.num_sessions} sessions are open (max_sessions); retry later")
         if prompt is None:
             session = speaker_session(self.speakers.embedding(speaker_id))
         else:

@@ -33,7 +33,7 @@ def load_runner(config: FlowServiceConfig, metrics: FlowMetrics):  # noqa: ANN20
     speakers = SpeakerTable.load(model_dir.spk2info_path)
     return FlowRunner(
         flow, speakers, metrics, config.max_batch_size, config.max_batch_wait_ms / 1000, config.max_batch_padding,
-        nice_increment=config.compute_nice,
+        nice_increment=config.compute_nice, max_sessions=config.max_sessions,
     )
 
 
@@ -56,6 +56,7 @@ def create_app(config: FlowServiceConfig, registry: CollectorRegistry | None = N
         service="flow",
     )
     register_model_info(registry, "flow", config.device, config.dtype)
+    metrics.max_sessions.set(config.max_sessions)
 
     async def load() -> None:
         # Warm-up records into a scratch registry nobody scrapes: no request has been served,

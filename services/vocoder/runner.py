@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from services.common.batching import Batcher
-from services.common.errors import InvalidRequest, ServingError
+from services.common.errors import InvalidRequest, Overloaded, ServingError
 from services.vocoder.api import AudioResult
 from services.vocoder.metrics import VocoderMetrics
 from services.vocoder.model.hift import HiFTGenerator
@@ -39,8 +39,10 @@ class VocoderRunner:
         max_wait_seconds: float = 0.0,
         nice_increment: int = 0,
         max_chunk_frames: int = 15000,
+        max_sessions: int = 128,
     ) -> None:
         self.hift = hift
+        self.max_sessions = max_sessions
         self.max_chunk_frames = max_chunk_frames
         self.metrics = metrics
         self.sample_rate = int(hift.sample_rate)
@@ -64,6 +66,9 @@ class VocoderRunner:
         await self._batcher.close()
 
     def open_stream(self, seed: int | None, speed: float = 1.0) -> VocoderStream:
+        # Each stream holds its mel and source caches until it closes.
+        if self.num_streams >= self.max_sessions:
+            raise Overloaded(f"vocoder: {self.num_streams} sessions are open (max_sessions); retry later")
         if not (math.isfinite(speed) and speed > 0):
             raise InvalidRequest(f"start.speed: {speed} is not a positive number")
         generator = torch.Generator(device=self.device)

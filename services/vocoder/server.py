@@ -31,7 +31,7 @@ def load_runner(config: VocoderServiceConfig, metrics: VocoderMetrics):  # noqa:
     hift = load_hift(ModelDir.open(config.model_dir), config.device, config.torch_dtype())
     return VocoderRunner(
         hift, metrics, config.max_batch_size, config.max_batch_wait_ms / 1000, nice_increment=config.compute_nice,
-        max_chunk_frames=config.max_chunk_frames,
+        max_chunk_frames=config.max_chunk_frames, max_sessions=config.max_sessions,
     )
 
 
@@ -52,6 +52,7 @@ def create_app(config: VocoderServiceConfig, registry: CollectorRegistry | None 
         service="vocoder",
     )
     register_model_info(registry, "vocoder", config.device, config.dtype)
+    metrics.max_sessions.set(config.max_sessions)
 
     async def load() -> None:
         # Warm-up records into a scratch registry nobody scrapes: no request has been served,
