@@ -17,6 +17,7 @@ import grpc
 
 from services.common.pb import flow_pb2_grpc, frontend_pb2_grpc, llm_pb2_grpc, vocoder_pb2_grpc
 from services.common.server import CHANNEL_OPTIONS
+from services.common.tls import ClientTls
 
 # Client-side health checking: round_robin only picks replicas whose Health.Watch("") says SERVING.
 SERVICE_CONFIG = json.dumps(
@@ -57,8 +58,14 @@ def channel_target(address: str) -> str:
     return f"{family}:{','.join(items)}"
 
 
-def balanced_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(channel_target(address), options=BALANCED_CHANNEL_OPTIONS)
+def balanced_channel(address: str, tls: ClientTls | None = None) -> grpc.aio.Channel:
+    """A channel to every replica of a stage; with `tls`, each connection is TLS (mutual TLS
+    when it carries a client certificate), and health checking runs over it too."""
+    if tls is None:
+        return grpc.aio.insecure_channel(channel_target(address), options=BALANCED_CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(
+        channel_target(address), tls.credentials(), options=[*BALANCED_CHANNEL_OPTIONS, *tls.options()]
+    )
 
 
 @dataclass
@@ -68,19 +75,24 @@ class StageClients:
     vocoder: vocoder_pb2_grpc.VocoderStub
     frontend: frontend_pb2_grpc.FrontendStub
     channels: list[grpc.aio.Channel]
+    tls: ClientTls | None = None  # how the channels were dialled; other channels to the stages use it too
 
     @classmethod
-    def connect(cls, llm_addr: str, flow_addr: str, vocoder_addr: str, frontend_addr: str) -> "StageClients":
+    def connect(
+        cls, llm_addr: str, flow_addr: str, vocoder_addr: str, frontend_addr: str, tls: ClientTls | None = None
+    ) -> "StageClients":
         # One HTTP/2 channel per stage replica multiplexes every request's stream; when no
         # replica is up, calls fail at once with UNAVAILABLE (no wait_for_ready), which the
         # gateway reports naming the stage.
-        llm, flow, vocoder, frontend = (balanced_channel(a) for a in (llm_addr, flow_addr, vocoder_addr, frontend_addr))
+        addresses = (llm_addr, flow_addr, vocoder_addr, frontend_addr)
+        llm, flow, vocoder, frontend = (balanced_channel(a, tls) for a in addresses)
         return cls(
             llm=llm_pb2_grpc.SpeechTokenGeneratorStub(llm),
             flow=flow_pb2_grpc.FlowDecoderStub(flow),
             vocoder=vocoder_pb2_grpc.VocoderStub(vocoder),
             frontend=frontend_pb2_grpc.FrontendStub(frontend),
             channels=[llm, flow, vocoder, frontend],
+            tls=tls,
         )
 
     async def close(self) -> None:

@@ -7,9 +7,11 @@ import dataclasses
 import os
 from pathlib import Path
 
+from gateway.auth import ApiKey, load_api_keys
 from gateway.clients import AddressError, channel_target
 from services.common.chunking import ChunkPolicy
-from services.common.config import ServerConfig, check, metrics_port_setting, setting
+from services.common.config import ServerConfig, check, metrics_port_setting, setting, setting_names
+from services.common.tls import ClientTls, load_client_tls
 
 
 DEFAULT_SPEAKER_DB = Path(os.environ.get("COSYVOICE_CACHE", Path.home() / ".cache" / "cosyvoice")) / "speakers.db"
@@ -39,6 +41,16 @@ class GatewayConfig(ServerConfig):
     hop_scale_factor: int = setting(2, "hop growth per chunk")
     lookahead_tokens: int = setting(3, "tokens withheld as look-ahead (the flow's pre_lookahead_len)")
     upstream_timeout_seconds: float = setting(300.0, "deadline of one request's stage calls")
+    # Security (docs/security.md): keys checked on every public method, TLS towards the stages.
+    api_keys_file: str = setting(
+        "", "file of API keys, one `KEY [synthesize]` a line; set: every call but health and reflection needs a key"
+    )
+    stage_tls_ca: str = setting("", "PEM CA that signed the stages' certificates; set: the stages are dialled with TLS")
+    stage_tls_cert: str = setting("", "PEM client certificate the gateway presents to the stages (mutual TLS)")
+    stage_tls_key: str = setting("", "PEM private key of --stage-tls-cert")
+    stage_tls_server_name: str = setting(
+        "", "the name the stages' certificates are issued for, when it is not the host of their addresses"
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -62,3 +74,16 @@ class GatewayConfig(ServerConfig):
     @property
     def chunk_policy(self) -> ChunkPolicy:
         return ChunkPolicy(self.token_hop, self.max_token_hop, self.hop_scale_factor, self.lookahead_tokens)
+
+    def stage_tls(self) -> ClientTls | None:
+        """TLS towards the stages, read from the files now (once, at start); None: plaintext."""
+        names = {n: setting_names(type(self), f"stage_tls_{n}") for n in ("ca", "cert", "key", "server_name")}
+        return load_client_tls(
+            self.stage_tls_ca, self.stage_tls_cert, self.stage_tls_key, self.stage_tls_server_name, names
+        )
+
+    def api_keys(self) -> list[ApiKey] | None:
+        """The keys file, read now (once, at start); None: no keys are checked."""
+        if not self.api_keys_file:
+            return None
+        return load_api_keys(self.api_keys_file, setting_names(type(self), "api_keys_file"))

@@ -12,6 +12,7 @@ from typing import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.auth import ApiKeyInterceptor
 from gateway.clients import StageClients, balanced_channel
 from gateway.config import GatewayConfig
 from gateway.frontend_calls import FrontendClient
@@ -28,6 +29,7 @@ from services.common.logging_setup import configure_logging
 from services.common.metrics import make_registry
 from services.common.pb import cosyvoice_pb2, cosyvoice_pb2_grpc, speakers_pb2, speakers_pb2_grpc, tts_pb2, tts_pb2_grpc
 from services.common.server import ServiceBinding, ServiceHost, run_until_signal
+from services.common.tls import ClientTls
 
 logger = logging.getLogger(__name__)
 SERVICE_NAME = tts_pb2.DESCRIPTOR.services_by_name["TextToSpeech"].full_name
@@ -44,7 +46,7 @@ class Gateway:
 
     async def load(self, config: GatewayConfig) -> None:
         """Ready once every stage is SERVING and the model's preset speakers are known."""
-        await wait_for_stages(config)
+        await wait_for_stages(config, tls=self.clients.tls)
         await self.voices.load_presets()
         logger.info("%d preset speakers; registered speakers in %s", len(self.voices.presets), config.speaker_db)
 
@@ -56,11 +58,14 @@ class Gateway:
 
 def build_gateway(config: GatewayConfig, registry=None) -> Gateway:  # noqa: ANN001
     registry = registry if registry is not None else make_registry()
+    api_keys, stage_tls = config.api_keys(), config.stage_tls()  # files read once; ConfigError if bad
     try:
         store = open_speaker_store(config.speaker_db)
     except SpeakerStoreError as exc:
         raise ConfigError(f"--speaker-db / COSYVOICE_GATEWAY_SPEAKER_DB: {exc}") from None
-    clients = StageClients.connect(config.llm_addr, config.flow_addr, config.vocoder_addr, config.frontend_addr)
+    clients = StageClients.connect(
+        config.llm_addr, config.flow_addr, config.vocoder_addr, config.frontend_addr, tls=stage_tls
+    )
     metrics = GatewayMetrics(registry)
     frontend = FrontendClient(clients.frontend, config.upstream_timeout_seconds, metrics)
     voices = VoiceBook(store, frontend)
@@ -78,17 +83,18 @@ def build_gateway(config: GatewayConfig, registry=None) -> Gateway:  # noqa: ANN
             OFFICIAL_SERVICE_NAME, OfficialCosyVoiceServicer(tts), cosyvoice_pb2_grpc.add_CosyVoiceServicer_to_server
         ),
     ]
-    return Gateway(ServiceHost(config, bindings, registry, service="gateway"), clients, voices)
+    interceptors = [ApiKeyInterceptor(api_keys)] if api_keys else []
+    return Gateway(ServiceHost(config, bindings, registry, service="gateway", interceptors=interceptors), clients, voices)
 
 
-async def wait_for_stages(config: GatewayConfig, poll_seconds: float = 0.5) -> None:
-    """Every stage reports SERVING (Health.Watch, no polling loop)."""
+async def wait_for_stages(config: GatewayConfig, poll_seconds: float = 0.5, tls: ClientTls | None = None) -> None:
+    """Every stage reports SERVING (Health.Watch, no polling loop); `tls`: as the stage channels."""
 
     async def watch(name: str, address: str) -> None:
         announced = False
         while True:
             try:
-                async with balanced_channel(address) as channel:
+                async with balanced_channel(address, tls) as channel:
                     stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
                     async for reply in stream:
                         if reply.status == health_pb2.HealthCheckResponse.SERVING:

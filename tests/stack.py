@@ -50,19 +50,26 @@ async def stage_app(app: StageApp) -> AsyncIterator[StageApp]:
 
 
 @contextlib.asynccontextmanager
-async def running_stack(model_dir: Path, with_gateway: bool = True, **gateway_settings: object) -> AsyncIterator[Stack]:
+async def running_stack(
+    model_dir: Path, with_gateway: bool = True, stage_settings: dict[str, object] | None = None,
+    per_stage: dict[str, dict[str, object]] | None = None, **gateway_settings: object,
+) -> AsyncIterator[Stack]:
+    """`stage_settings` go to all four stages' configs (e.g. TLS), `per_stage` to one stage's
+    (e.g. {"llm": {"max_model_len": 128}}), `gateway_settings` to the gateway's."""
+    common = {"model_dir": model_dir, "metrics_port": 0, **(stage_settings or {})}
+    per_stage = per_stage or {}
     async with contextlib.AsyncExitStack() as stack:
         llm = await stack.enter_async_context(
-            stage_app(create_llm(LLMServiceConfig(model_dir=model_dir, metrics_port=0), make_registry()))
+            stage_app(create_llm(LLMServiceConfig(**common, **per_stage.get("llm", {})), make_registry()))
         )
         flow = await stack.enter_async_context(
-            stage_app(create_flow(FlowServiceConfig(model_dir=model_dir, metrics_port=0), make_registry()))
+            stage_app(create_flow(FlowServiceConfig(**common, **per_stage.get("flow", {})), make_registry()))
         )
         vocoder = await stack.enter_async_context(
-            stage_app(create_vocoder(VocoderServiceConfig(model_dir=model_dir, metrics_port=0), make_registry()))
+            stage_app(create_vocoder(VocoderServiceConfig(**common, **per_stage.get("vocoder", {})), make_registry()))
         )
         frontend = await stack.enter_async_context(
-            stage_app(create_frontend(FrontendServiceConfig(model_dir=model_dir, metrics_port=0), make_registry()))
+            stage_app(create_frontend(FrontendServiceConfig(**common, **per_stage.get("frontend", {})), make_registry()))
         )
         gateway = None
         if with_gateway:

@@ -49,6 +49,13 @@ class ServerConfig:
     grace_seconds: float = setting(10.0, "on SIGTERM, how long in-flight streams may finish")
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_json: bool = setting(False, "log one JSON object per line")
+    # Security (docs/security.md). The files are read once, when the server starts.
+    tls_cert: str = setting("", "PEM certificate (chain) of the gRPC port; with --tls-key the port serves TLS only")
+    tls_key: str = setting("", "PEM private key of --tls-cert (unencrypted)")
+    tls_client_ca: str = setting(
+        "", "PEM CA certificates; set: clients must present a certificate signed by one (mutual TLS)"
+    )
+    reflection: bool = setting(True, "serve gRPC server reflection (grpcurl list/describe); false turns it off")
 
     @property
     def metrics_bind_host(self) -> str:

@@ -16,9 +16,10 @@ import asyncio
 import inspect
 import logging
 import signal
+import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,6 +29,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from services.common.config import ConfigError, ServerConfig, setting_names
 from services.common.metrics import make_registry, register_process_metrics
 from services.common.rpc_metrics import RpcMetrics, RpcMetricsInterceptor
+from services.common.tls import load_server_tls
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +78,8 @@ class ServiceHost:
     """A running grpc.aio server with health, reflection and Prometheus metrics.
 
     `service` names the process in cosyvoice_build_info; without a registry a fresh one is
-    made (served only when config.metrics_port >= 0)."""
+    made (served only when config.metrics_port >= 0). `interceptors` run inside the metrics
+    interceptor, so a call they refuse (e.g. the gateway's API keys) is counted by its code."""
 
     def __init__(
         self,
@@ -84,6 +87,7 @@ class ServiceHost:
         bindings: list[ServiceBinding],
         registry: CollectorRegistry | None = None,
         service: str = "",
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
         self.config = config
         self.bindings = bindings
@@ -93,7 +97,8 @@ class ServiceHost:
         served = [b.full_name for b in bindings] + [_HEALTH_SERVICE, *_REFLECTION_SERVICES]
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
-            options=SERVER_OPTIONS, interceptors=[RpcMetricsInterceptor(self.rpc_metrics, served)]
+            options=SERVER_OPTIONS,
+            interceptors=[RpcMetricsInterceptor(self.rpc_metrics, served), *interceptors],
         )
         self.port = 0
         self.metrics_port: int | None = None
@@ -121,12 +126,11 @@ class ServiceHost:
             binding.add_to_server(binding.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = [b.full_name for b in self.bindings]
-        reflection.enable_server_reflection(names + [_HEALTH_SERVICE, reflection.SERVICE_NAME], self.server)
+        if self.config.reflection:  # off: grpcurl list/describe get UNIMPLEMENTED
+            reflection.enable_server_reflection(names + [_HEALTH_SERVICE, reflection.SERVICE_NAME], self.server)
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.server.add_insecure_port(f"{self.config.host}:{self.config.port}")
-        if self.port == 0:
-            raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
+        self.port = self._bind()
         if self.config.metrics_port >= 0:
             # Before the gRPC server starts: a taken metrics port stops the process before it
             # answers anything, with the setting named.
@@ -144,6 +148,28 @@ class ServiceHost:
             self.metrics_port = self._metrics_server.server_port
         await self.server.start()
         logger.info("listening on %s (metrics %s)", self.address, self.metrics_address or "off")
+
+    def _bind(self) -> int:
+        """Bind the gRPC port: TLS when tls_cert and tls_key are set (the files are read here,
+        once), plaintext otherwise. A bad file is a ConfigError naming its setting."""
+        config, address = self.config, f"{self.config.host}:{self.config.port}"
+        names = {name: setting_names(type(config), f"tls_{name}") for name in ("cert", "key", "client_ca")}
+        tls = load_server_tls(config.tls_cert, config.tls_key, config.tls_client_ca, names)
+        if tls is None:
+            port = self.server.add_insecure_port(address)
+        else:
+            try:
+                port = self.server.add_secure_port(address, tls.credentials())
+            except RuntimeError:
+                # gRPC says "Failed to bind" both for a key that is not the certificate's and
+                # for a taken port; a free port means the key.
+                if config.port and not _port_is_free(config.host, config.port):
+                    raise
+                raise ConfigError(f"{names['key']}: gRPC refused this key with {names['cert']} "
+                                  f"({config.tls_key!r}, {config.tls_cert!r}): is it the certificate's key?") from None
+        if port == 0:
+            raise OSError(f"cannot bind {address}")
+        return port
 
     async def warm_up(self, load: Callable[[], Any] | None) -> None:
         """Run `load`, then serve. A blocking `load` (model loading) runs in a worker thread so
@@ -166,6 +192,14 @@ class ServiceHost:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server = None
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    try:
+        with socket.create_server((host, port)):
+            return True
+    except OSError:
+        return False
 
 
 async def run_until_signal(
