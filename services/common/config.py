@@ -46,7 +46,9 @@ class ServerConfig:
     port: int = setting(0, "gRPC port; 0 picks a free one")
     metrics_port: int = setting(-1, "Prometheus /metrics HTTP port; 0 picks a free one, -1 disables")
     metrics_host: str = setting("", "interface the /metrics HTTP server listens on; empty: the same as --host")
-    grace_seconds: float = setting(10.0, "on SIGTERM, how long in-flight streams may finish")
+    grace_seconds: float = setting(
+        10.0, "drain timeout: on SIGTERM, how long in-flight streams may finish before they are cut with UNAVAILABLE"
+    )
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_json: bool = setting(False, "log one JSON object per line")
     # Security (docs/security.md). The files are read once, when the server starts.

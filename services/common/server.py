@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from services.common.config import ConfigError, ServerConfig, setting_names
+from services.common.drain import EXIT_STREAMS_CUT, CallTracker, DrainInterceptor
 from services.common.metrics import make_registry, register_process_metrics
 from services.common.rpc_metrics import RpcMetrics, RpcMetricsInterceptor
 from services.common.tls import load_server_tls
@@ -59,6 +60,10 @@ SERVER_OPTIONS = [
     ("grpc.max_connection_age_grace_ms", 3_600_000),
 ]
 
+
+# After a drain: how long cut calls get to send their status, and what is left (health watches)
+# gets before the transport closes.
+_CUT_SECONDS = 1.0
 
 _HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # grpcio-reflection serves the v1alpha name; newer clients also try v1.
@@ -96,14 +101,23 @@ class ServiceHost:
         self.rpc_metrics = RpcMetrics(self.registry)
         served = [b.full_name for b in bindings] + [_HEALTH_SERVICE, *_REFLECTION_SERVICES]
         self.health = health.aio.HealthServicer()
+        self.calls = CallTracker(service or "server")
         self.server = grpc.aio.server(
             options=SERVER_OPTIONS,
-            interceptors=[RpcMetricsInterceptor(self.rpc_metrics, served), *interceptors],
+            interceptors=[
+                RpcMetricsInterceptor(self.rpc_metrics, served),
+                # Inside the metrics interceptor, so refused and cut calls are counted too.
+                DrainInterceptor(self.calls, [b.full_name for b in bindings]),
+                *interceptors,
+            ],
         )
         self.port = 0
         self.metrics_port: int | None = None
         self._metrics_server: Any = None
         self.is_serving = False
+        # What health reports is SERVING only while loaded, not draining, and (the gateway)
+        # every stage it needs has a serving replica.
+        self._dependencies_ok = True
 
     @property
     def address(self) -> str:
@@ -179,19 +193,45 @@ class ServiceHost:
             await load()
         elif load is not None:
             await asyncio.to_thread(load)
-        for name in ["", *(b.full_name for b in self.bindings)]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.is_serving = True
+        await self._publish_health()
         logger.info("SERVING after %.1f s of loading and warm-up", time.perf_counter() - started)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting calls, let in-flight streams finish for `grace` seconds, then close."""
+    async def set_dependencies_ok(self, ok: bool) -> None:
+        """The gateway's verdict on its stages: NOT_SERVING while one has no serving replica."""
+        self._dependencies_ok = ok
+        await self._publish_health()
+
+    async def _publish_health(self) -> None:
+        serving = self.is_serving and self._dependencies_ok and not self.calls.draining
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *(b.full_name for b in self.bindings)]:
+            await self.health.set(name, status)  # a no-op once draining: enter_graceful_shutdown froze it
+
+    async def drain(self, timeout: float) -> int:
+        """NOT_SERVING, refuse new calls, let those in flight finish for up to `timeout` seconds,
+        then cut the rest with UNAVAILABLE (services/common/drain.py). Returns how many were cut."""
         self.is_serving = False
+        self.calls.start_draining()
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.config.grace_seconds if grace is None else grace)
+        if self.calls.in_flight:
+            logger.info("draining %d calls in flight for up to %g s", self.calls.in_flight, timeout)
+        if await self.calls.wait_idle(timeout):
+            return 0
+        cut = self.calls.cut_all(timeout)
+        logger.warning("drain timeout (%g s): cut %d calls still in flight", timeout, cut)
+        await self.calls.wait_idle(_CUT_SECONDS)  # each cut call sends its status
+        return cut
+
+    async def stop(self, grace: float | None = None) -> int:
+        """Drain for `grace` seconds (default: the grace_seconds setting), then close the port
+        and the metrics server. Returns how many calls the drain had to cut."""
+        cut = await self.drain(self.config.grace_seconds if grace is None else grace)
+        await self.server.stop(_CUT_SECONDS)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server = None
+        return cut
 
 
 def _port_is_free(host: str, port: int) -> bool:
@@ -228,11 +268,14 @@ async def run_until_signal(
             logger.error("loading failed: %s", failure)
     else:
         warm.cancel()
-    logger.info("shutting down: draining in-flight streams for up to %.1f s", host.config.grace_seconds)
+    logger.info("shutting down: NOT_SERVING, draining in-flight streams for up to %g s (grace_seconds)",
+                host.config.grace_seconds)
     stop_wait.cancel()
-    await host.stop()
+    cut = await host.stop()
     if on_stop is not None:
         await on_stop()
     logger.info("stopped")
     if failure is not None:
         raise SystemExit(f"{name or 'server'}: {failure}")  # a failed load ends the process, code 1
+    if cut:
+        raise SystemExit(EXIT_STREAMS_CUT)
