@@ -23,7 +23,18 @@ from services.common.tls import ClientTls
 SERVICE_CONFIG = json.dumps(
     {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
 )
-BALANCED_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.service_config", SERVICE_CONFIG)]
+BALANCED_CHANNEL_OPTIONS = [
+    *CHANNEL_OPTIONS,
+    ("grpc.service_config", SERVICE_CONFIG),
+    # A stage that restarts (`up`'s supervisor, a Kubernetes pod) is back within seconds: retry
+    # the connection at most every 2 s instead of gRPC's default back-off of up to 120 s.
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+    # Never go IDLE between requests: the gateway's health follows these channels' state
+    # (gateway/stage_health.py), and an idle channel would only reconnect on the next call.
+    ("grpc.client_idle_timeout_ms", 2**31 - 1),
+]
 _SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:")
 
 
@@ -94,6 +105,10 @@ class StageClients:
             channels=[llm, flow, vocoder, frontend],
             tls=tls,
         )
+
+    @property
+    def by_stage(self) -> dict[str, grpc.aio.Channel]:
+        return dict(zip(("llm", "flow", "vocoder", "frontend"), self.channels))
 
     async def close(self) -> None:
         for channel in self.channels:

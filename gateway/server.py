@@ -22,6 +22,7 @@ from gateway.pipeline import StagePipeline
 from gateway.registry.servicer import SpeakersServicer
 from gateway.registry.store import SpeakerStoreError, open_speaker_store
 from gateway.servicer import TextToSpeechServicer
+from gateway.stage_health import StageHealthMonitor
 from gateway.synthesis import Synthesizer
 from gateway.voices import VoiceBook
 from services.common.config import ConfigError, load_config
@@ -43,14 +44,22 @@ class Gateway:
     host: ServiceHost
     clients: StageClients
     voices: VoiceBook
+    monitor: StageHealthMonitor | None = None
 
     async def load(self, config: GatewayConfig) -> None:
-        """Ready once every stage is SERVING and the model's preset speakers are known."""
+        """Ready once every stage is SERVING and the model's preset speakers are known; from
+        then on the gateway's health follows its stages (gateway/stage_health.py)."""
         await wait_for_stages(config, tls=self.clients.tls)
+        # The stub channels themselves: READY means a replica is connected and SERVING.
+        await asyncio.gather(*(channel.channel_ready() for channel in self.clients.channels))
         await self.voices.load_presets()
         logger.info("%d preset speakers; registered speakers in %s", len(self.voices.presets), config.speaker_db)
+        self.monitor = StageHealthMonitor(self.clients.by_stage, self.host.set_dependencies_ok)
+        self.monitor.start()
 
     async def close(self) -> None:
+        if self.monitor is not None:
+            await self.monitor.stop()
         await self.clients.close()
         self.voices.close()
         self.voices.store.close()
