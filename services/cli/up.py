@@ -18,14 +18,16 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.cli.supervisor import EXIT_SIGNAL, RestartPolicy, Supervisor
 from services.common import die_with_parent
+from services.common.drain import EXIT_STREAMS_CUT
 
 from services.common.config import DEFAULT_METRICS_PORTS
 
@@ -43,6 +45,8 @@ class Child:
     process: subprocess.Popen
     address: str = ""
     metrics_address: str = ""
+    args: list[str] = field(default_factory=list)  # `serve NAME` flags, to restart it the same way
+    env: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
         metrics = f" (metrics {self.metrics_address})" if self.metrics_address else ""
@@ -50,6 +54,27 @@ class Child:
 
 
 def _start(name: str, args: list[str], env: dict[str, str], timeout: float) -> Child:
+    child, bound = _launch(name, args, env)
+    if not bound.wait(timeout) or not child.address:
+        child.process.kill()
+        code = child.process.wait()
+        raise SystemExit(f"cosyvoice up: the {name} process did not start listening (exit code {code})")
+    return child
+
+
+def restart(child: Child) -> Child:
+    """`child` started again on the same gRPC and metrics ports (the gateway and Prometheus
+    keep their addresses); not waited for: the supervisor sees it exit if it cannot start."""
+    _, port = child.address.rsplit(":", 1)
+    pinned = ["--port", port]  # the last occurrence of a flag wins
+    if child.metrics_address:
+        pinned += ["--metrics-port", child.metrics_address.rsplit(":", 1)[1]]
+    new, _ = _launch(child.name, [*child.args, *pinned], child.env, announce="restarted")
+    new.args, new.address, new.metrics_address = child.args, child.address, child.metrics_address
+    return new
+
+
+def _launch(name: str, args: list[str], env: dict[str, str], announce: str = "") -> tuple[Child, threading.Event]:
     # Wrapped so the child gets SIGTERM when `up` dies, even by SIGKILL (see die_with_parent).
     command = die_with_parent.command([sys.executable, "-m", "services.cli.main", "serve", name, *args])
     # Own process group: a terminal's Ctrl-C reaches `up` alone, which then stops the gateway
@@ -59,7 +84,7 @@ def _start(name: str, args: list[str], env: dict[str, str], timeout: float) -> C
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, text=True, env=env, process_group=0
     )
-    child = Child(name, process)
+    child = Child(name, process, args=list(args), env=env)
     bound = threading.Event()
 
     def relay() -> None:
@@ -70,16 +95,14 @@ def _start(name: str, args: list[str], env: dict[str, str], timeout: float) -> C
             if match:
                 child.address, child.metrics_address = match.group(1), match.group(2) or ""
                 bound.set()
+                if announce:
+                    print(f"cosyvoice up: {name} {announce} on {child.address}", file=sys.stderr, flush=True)
             else:
                 sys.stdout.write(line)
         bound.set()  # exited: wake the waiter
 
     threading.Thread(target=relay, daemon=True, name=f"{name}-stdout").start()
-    if not bound.wait(timeout) or not child.address:
-        process.kill()
-        code = process.wait()
-        raise SystemExit(f"cosyvoice up: the {name} process did not start listening (exit code {code})")
-    return child
+    return child, bound
 
 
 def wait_serving(address: str, timeout: float) -> bool:
@@ -94,15 +117,19 @@ def wait_serving(address: str, timeout: float) -> bool:
     return False
 
 
-def stop_all(children: list[Child], grace: float) -> None:
-    for child in children:  # gateway first: it drains in-flight requests through the stages
+def stop_all(children: list[Child], grace: float) -> dict[str, int]:
+    """SIGTERM each child in turn, gateway first (it drains in-flight requests through the
+    stages), SIGKILL after `grace` seconds. Returns the exit codes of those it stopped."""
+    exits: dict[str, int] = {}
+    for child in children:
         if child.process.poll() is None:
             child.process.send_signal(signal.SIGTERM)
             try:
-                child.process.wait(timeout=grace)
+                exits[child.name] = child.process.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 child.process.kill()
-                child.process.wait()
+                exits[child.name] = child.process.wait()
+    return exits
 
 
 def _stage_device(device: str, index: int) -> str:
@@ -243,6 +270,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-threads", type=int, default=None,
                         help="torch CPU threads per stage (default: 1 on cpu, so the processes do not "
                              "oversubscribe the cores; torch's default on cuda)")
+    parser.add_argument("--max-restarts", type=int, default=5,
+                        help="restart a service that dies, at most N times within 5 minutes, with back-off "
+                             "from 1 s to 30 s; then stop the stack and exit 1 (default 5; 0: never restart)")
+    parser.add_argument("--drain-timeout", type=float, default=None,
+                        help="on SIGINT/SIGTERM, seconds in-flight streams get to finish before they are cut "
+                             "(every service's --grace-seconds; default: theirs, 10)")
     parser.add_argument("--speaker-db", default=None,
                         help="registered speakers: a SQLite file or :memory: (default: the gateway's, "
                              "~/.cache/cosyvoice/speakers.db)")
@@ -254,37 +287,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     gateway_args: list[str] = []
     if args.speaker_db is not None:
         gateway_args += ["--speaker-db", args.speaker_db]
+    if args.drain_timeout is not None:
+        drain = ["--grace-seconds", str(args.drain_timeout)]
+        stage_extra, gateway_args = drain, [*gateway_args, *drain]
+    else:
+        stage_extra = []
     children: list[Child] = []
-    died: list[Child] = []  # children that exited before anyone asked them to
-    stopping = threading.Event()  # set by the main thread only, once it has decided to stop
     # A signal handler must not take locks: Event.set() in a handler that interrupts the main
     # thread inside the same Event's wait (or a second signal inside the first handler) waits
-    # forever on a lock its own thread holds. Handlers and watchers write a byte to a pipe,
-    # which the main thread reads (os.write is safe in a handler).
+    # forever on a lock its own thread holds. Handlers and exit watchers write a byte to a pipe,
+    # which the supervisor loop on the main thread reads (os.write is safe in a handler).
     wake_read, wake_write = os.pipe()
 
     def request_stop(signum: int, frame: object) -> None:
-        os.write(wake_write, b"s")
+        os.write(wake_write, EXIT_SIGNAL)
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, request_stop)
+    code = 0
     try:
         children = start_stack(
             model_dir, args.device, args.host, args.port, args.start_timeout,
-            stage_args=["--num-threads", str(num_threads)],
+            stage_args=["--num-threads", str(num_threads), *stage_extra],
             gateway_args=gateway_args, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
         )
         for child in children:
             print(child.describe(), flush=True)
+        stopping = threading.Event()
 
-        def watch(child: Child) -> None:
-            child.process.wait()
-            if not stopping.is_set():
-                died.append(child)
-            os.write(wake_write, b"c")
-
-        for child in children:
-            threading.Thread(target=watch, args=(child,), daemon=True).start()
         def announce_ready() -> None:
             if wait_serving(children[0].address, args.start_timeout):
                 print(f"ready: cosyvoice synth \"Hello\" -o out.wav --address {children[0].address}", flush=True)
@@ -292,15 +322,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(f"cosyvoice up: the gateway did not report SERVING within {args.start_timeout:.0f} s",
                       file=sys.stderr, flush=True)
 
-        # Readiness is awaited beside the stop event, so a signal or a crashed stage ends `up`
-        # at once instead of after the start timeout.
+        # Readiness is awaited beside the supervisor, so a signal ends `up` at once instead of
+        # after the start timeout.
         threading.Thread(target=announce_ready, daemon=True).start()
-        os.read(wake_read, 1)  # a signal (maybe already during start-up) or a child's exit
+        policy = RestartPolicy(max_restarts=args.max_restarts)
+        code = Supervisor(children, restart, policy, wake_read, wake_write).run()
         stopping.set()
-        if died:
-            print(f"cosyvoice up: {died[0].name} exited with code {died[0].process.returncode}", file=sys.stderr)
     finally:
-        stopping.set()
-        stop_all(children, grace=15.0)
-    if died:
-        raise SystemExit(1)
+        # Longer than the services' drain, so in-flight streams finish before any SIGKILL.
+        exits = stop_all(children, grace=(args.drain_timeout if args.drain_timeout is not None else 10.0) + 10.0)
+    cut = [name for name, exit_code in exits.items() if exit_code == EXIT_STREAMS_CUT]
+    if cut:
+        print(f"cosyvoice up: {', '.join(cut)} cut streams still in flight at the drain timeout (--drain-timeout)",
+              file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_STREAMS_CUT)
+    if code:
+        raise SystemExit(code)
