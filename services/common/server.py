@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from services.common.config import ConfigError, ServerConfig, setting_names
 from services.common.drain import EXIT_STREAMS_CUT, CallTracker, DrainInterceptor
+from services.common.malformed import MalformedRequestInterceptor
 from services.common.metrics import make_registry, register_process_metrics
 from services.common.rpc_metrics import RpcMetrics, RpcMetricsInterceptor
 from services.common.tls import load_server_tls
@@ -109,6 +110,9 @@ class ServiceHost:
                 # Inside the metrics interceptor, so refused and cut calls are counted too.
                 DrainInterceptor(self.calls, [b.full_name for b in bindings]),
                 *interceptors,
+                # Innermost: the handlers the others return keep its tolerant deserializer, and a
+                # refusal (draining, API key) is answered before a request that does not parse.
+                MalformedRequestInterceptor(),
             ],
         )
         self.port = 0
