@@ -1,0 +1,127 @@
+"""Replica failover across real processes: two flow replicas on their own addresses (127.0.0.2
+and 127.0.0.3, as two hosts would be) behind one gateway process. One is killed with SIGKILL
+while streams run through both: only the streams it carried fail, with UNAVAILABLE naming the
+flow stage; the others finish; new requests go to the survivor at once; nothing hangs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import urllib.request
+
+import grpc
+import pytest
+
+from services.cli.up import Child, _start, stop_all, wait_serving
+from services.common.pb import tts_pb2, tts_pb2_grpc
+
+pytestmark = pytest.mark.slow
+SESSIONS = "cosyvoice_flow_sessions_active"
+STREAMS = 4
+
+
+def _free_port_on(*hosts: str) -> int:
+    """A port free on every one of `hosts` (the two replicas listen on the same port)."""
+    for _ in range(50):
+        with socket.create_server((hosts[0], 0)) as first:
+            port = first.getsockname()[1]
+            try:
+                for host in hosts[1:]:
+                    socket.create_server((host, port)).close()
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no common free port")
+
+
+def _gauge(metrics_address: str, name: str) -> float:
+    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5) as reply:
+        match = re.search(rf"^{name} (\S+)$", reply.read().decode(), re.MULTILINE)
+    assert match, f"{name} not exported"
+    return float(match.group(1))
+
+
+@contextlib.contextmanager
+def replicated_processes(model_dir):
+    env = dict(os.environ)
+    common = ["--model-dir", str(model_dir), "--metrics-port", "0", "--num-threads", "1"]
+    children: list[Child] = []
+    try:
+        for name in ("llm", "vocoder", "frontend"):
+            children.append(_start(name, ["--port", "0", *common], env, 300))
+        port = _free_port_on("127.0.0.2", "127.0.0.3")
+        flows = [_start("flow", ["--host", host, "--port", str(port), *common], env, 300)
+                 for host in ("127.0.0.2", "127.0.0.3")]
+        children += flows
+        by_name = {c.name: c.address for c in children}
+        gateway = _start("gateway", [
+            "--port", "0", "--metrics-port", "0", "--speaker-db", ":memory:", "--llm-addr", by_name["llm"],
+            "--vocoder-addr", by_name["vocoder"], "--frontend-addr", by_name["frontend"],
+            "--flow-addr", ",".join(f.address for f in flows),
+        ], env, 300)
+        children.insert(0, gateway)
+        assert wait_serving(gateway.address, 300), "the gateway never reported SERVING"
+        yield gateway, flows
+    finally:
+        stop_all(children, grace=30)
+
+
+def _stream(address: str, release: threading.Event, results: "queue.Queue[object]", seed: int) -> None:
+    def requests():
+        yield tts_pb2.TextStreamRequest(config=tts_pb2.TextStreamConfig(seed=seed))
+        yield tts_pb2.TextStreamRequest(text="Hello there, this is the first piece of a long text")
+        release.wait()
+        yield tts_pb2.TextStreamRequest(text=" and here it ends.")
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            replies = list(tts_pb2_grpc.TextToSpeechStub(channel).SynthesizeTextStream(requests(), timeout=300))
+            results.put(("ok", len(replies)))
+        except grpc.RpcError as error:
+            results.put((error.code(), error.details()))
+
+
+def _synthesize(address: str) -> grpc.StatusCode:
+    request = tts_pb2.SynthesizeRequest(text="Hello there.", stream=True)
+    with grpc.insecure_channel(address) as channel:
+        try:
+            list(tts_pb2_grpc.TextToSpeechStub(channel).Synthesize(request, timeout=120))
+        except grpc.RpcError as error:
+            return error.code()
+    return grpc.StatusCode.OK
+
+
+def test_killing_one_replica_fails_only_its_streams(tiny_model_dir):
+    with replicated_processes(tiny_model_dir) as (gateway, flows):
+        release, results = threading.Event(), queue.Queue()
+        threads = [threading.Thread(target=_stream, args=(gateway.address, release, results, seed), daemon=True)
+                   for seed in range(STREAMS)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 120  # a bounded wait for every stream to reach a flow replica
+        while sum(_gauge(f.metrics_address, SESSIONS) for f in flows) < STREAMS:
+            assert time.monotonic() < deadline, "the streams never all reached the flow stage"
+            time.sleep(0.05)
+        sessions = [int(_gauge(f.metrics_address, SESSIONS)) for f in flows]
+        victim = max(range(2), key=lambda i: sessions[i])  # round robin spreads them; kill the busier one
+        flows[victim].process.send_signal(signal.SIGKILL)
+        flows[victim].process.wait()
+        release.set()
+        outcomes = [results.get(timeout=300) for _ in threads]  # every stream ends: nothing hangs
+
+        failed = [o for o in outcomes if o[0] != "ok"]
+        assert len(failed) == sessions[victim], outcomes
+        for code, details in failed:
+            assert code == grpc.StatusCode.UNAVAILABLE
+            assert "flow stage" in details
+        # New work goes to the survivor at once, no restart and no wait.
+        assert [_synthesize(gateway.address) for _ in range(4)] == [grpc.StatusCode.OK] * 4
+        assert gateway.process.poll() is None
+        assert sys.platform == "linux"  # 127.0.0.2 and .3 are loopback addresses on Linux only
