@@ -7,7 +7,7 @@ caller's field); everything else is the frontend stage's failure.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import grpc
 
@@ -59,6 +59,11 @@ class FrontendClient:
     async def segments(self, text: str, normalize: bool, timeout: float | None = None) -> list[str]:
         request = frontend_pb2.SplitTextRequest(text=text, normalize=normalize)
         return list((await self._call("SplitText", request, timeout)).segments)
+
+    async def count_tokens(self, texts: Sequence[str], timeout: float | None = None) -> list[int]:
+        """Tokens of each text on its own, with the model's tokenizer (as the LLM counts them)."""
+        request = frontend_pb2.CountTokensRequest(texts=texts)
+        return list((await self._call("CountTokens", request, timeout)).counts)
 
     async def normalize_prompt_text(self, text: str, normalize: bool, timeout: float | None = None) -> str:
         if not normalize:

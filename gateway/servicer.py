@@ -16,7 +16,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.modes import Mode
 from gateway.pipeline import AudioPiece
 from gateway.synthesis import SynthesisOptions, SynthesisPlan, Synthesizer, VoiceSpec
-from services.common.errors import InvalidRequest, Overloaded, map_errors, status_of
+from gateway.token_budget import PieceCheck
+from services.common.errors import InvalidRequest, Overloaded, ServingError, map_errors, status_of
 from services.common.pb import tts_pb2, tts_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ class TextToSpeechServicer(tts_pb2_grpc.TextToSpeechServicer):
                 text_frontend=False,
             )
             plan = await self.synthesizer.plan(options, context.time_remaining(), text_stream=True)
-            pieces = _TextPieces(messages, self.synthesizer.max_text_chars)
+            token_check = await self.synthesizer.piece_check(plan, context.time_remaining())
+            pieces = _TextPieces(messages, self.synthesizer.max_text_chars, token_check)
             audio = self.synthesizer.run(plan, context.time_remaining(), pieces.iterate())
             async for response in self._encode(plan, pieces.until_failed(audio), config.encoding, True):
                 yield response
@@ -193,10 +195,14 @@ class _TextPieces:
     left waiting, not told the text ended) and fails the call with the caller's error through
     `until_failed`, which tears the stage calls down at once."""
 
-    def __init__(self, messages: AsyncIterator[tts_pb2.TextStreamRequest], max_total_chars: int) -> None:
+    def __init__(
+        self, messages: AsyncIterator[tts_pb2.TextStreamRequest], max_total_chars: int,
+        token_check: PieceCheck | None = None,
+    ) -> None:
         self.messages = messages
         self.max_total_chars = max_total_chars
-        self.error: InvalidRequest | None = None
+        self.token_check = token_check  # the LLM's position budget (gateway/token_budget.py)
+        self.error: ServingError | None = None
         self.failed = asyncio.Event()
         self.total = 0
 
@@ -212,6 +218,11 @@ class _TextPieces:
     async def iterate(self) -> AsyncIterator[str]:
         async for message in self.messages:
             problem = self._check(message)
+            if problem is None and message.text and self.token_check is not None:
+                try:
+                    problem = await self.token_check(message.text)
+                except ServingError as exc:  # counting failed (the frontend): its status, not the caller's
+                    await self._fail_with(exc)
             if problem is not None:
                 await self._fail(problem)
             self.total += len(message.text)
@@ -221,7 +232,10 @@ class _TextPieces:
             await self._fail("text: the stream ended without any text")
 
     async def _fail(self, problem: str) -> None:
-        self.error = InvalidRequest(problem)
+        await self._fail_with(InvalidRequest(problem))
+
+    async def _fail_with(self, error: ServingError) -> None:
+        self.error = error
         self.failed.set()
         await asyncio.Future()  # never resumes: until_failed cancels the stage calls
 

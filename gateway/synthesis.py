@@ -18,6 +18,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.modes import Mode, VoiceFacts, check_speed, choose_mode, instruction
 from gateway.pipeline import AudioPiece, StagePipeline, SynthesisJob
 from gateway.segments import back_to_back
+from gateway.token_budget import PieceCheck, TokenBudget
 from gateway.voices import Voice, VoiceBook, inline_voice
 from services.common.errors import InvalidRequest
 
@@ -100,6 +101,7 @@ class Synthesizer:
         self.frontend = frontend
         self.max_text_chars = max_text_chars
         self.metrics = metrics
+        self.budget = TokenBudget(pipeline.clients.llm, frontend, pipeline.timeout)
 
     def check_text(self, text: str, field: str = "text") -> None:
         if not text.strip():
@@ -169,6 +171,8 @@ class Synthesizer:
             llm_text, llm_tokens = voice.prompt_text, voice.speech_tokens
         elif mode is Mode.INSTRUCT2:
             llm_text = instruction(options.instruct_text)
+        if not text_stream:  # a text stream's pieces are counted as they come (piece_check)
+            await self.budget.check_segments(segments, llm_text, len(llm_tokens), options.text_field, timeout)
         flow_prompt = voice.embedding_only() if mode is Mode.SFT else voice.prompt
         request_id = uuid.uuid4().hex[:16]
         job = SynthesisJob(
@@ -184,6 +188,12 @@ class Synthesizer:
             speed=speed,
         )
         return SynthesisPlan(request_id, mode, tuple(segments), job)
+
+    async def piece_check(self, plan: SynthesisPlan, timeout: float | None = None) -> PieceCheck:
+        """The token check of a text stream's pieces: each and all together within what fits
+        in the LLM with the plan's voice (gateway/token_budget.py)."""
+        job = plan.job
+        return await self.budget.piece_check(job.prompt_text, len(job.prompt_speech_tokens), "text", timeout)
 
     async def run(
         self, plan: SynthesisPlan, timeout: float | None = None, text_pieces: AsyncIterator[str] | None = None

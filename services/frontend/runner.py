@@ -123,6 +123,10 @@ class FrontendRunner:
         self.metrics.segments.inc(len(segments))
         return segments
 
+    async def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text on its own, as the LLM stage tokenizes `text` and `prompt_text`."""
+        return await self._run(lambda: [len(self.tokenizer.encode(t)) if t else 0 for t in texts])
+
     async def read_table(self, data: bytes) -> list[SpeakerRecord]:
         try:
             return await self._run(read_spk2info, data, _decode_keeping_specials(self.tokenizer))

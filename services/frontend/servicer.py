@@ -8,6 +8,7 @@ import grpc
 
 from services.common.errors import InvalidRequest, Unavailable, map_errors
 from services.common.pb import frontend_pb2, frontend_pb2_grpc
+from services.common.request_limits import check_request_id
 from services.common.speaker_protos import prompt_to_proto, record_from_proto, record_to_proto
 from services.common.speakers import SpeakerRecord
 
@@ -17,6 +18,7 @@ _SCHEMAS = {
     frontend_pb2.SPEAKER_TABLE_SCHEMA_ASYNC: "async",
 }
 MAX_PCM_SAMPLE_RATE = 384_000
+MAX_FIELD_CHARS = 128
 
 
 class _Features(Protocol):
@@ -31,6 +33,8 @@ class FrontendBackend(Protocol):
     async def encode_prompt(self, data: bytes, pcm16_sample_rate: int, field: str) -> tuple[_Features, float]: ...
 
     async def split_text(self, text: str, normalize: bool, is_prompt: bool) -> list[str]: ...
+
+    async def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
 
     async def read_table(self, data: bytes) -> list[SpeakerRecord]: ...
 
@@ -52,6 +56,9 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):
         self, request: frontend_pb2.EncodePromptRequest, context: grpc.aio.ServicerContext
     ) -> frontend_pb2.EncodePromptResponse:
         runner = self._ready()
+        check_request_id(request.request_id)
+        if len(request.field) > MAX_FIELD_CHARS:  # echoed in every message about the audio
+            raise InvalidRequest(f"field: {len(request.field)} characters exceed the limit of {MAX_FIELD_CHARS}")
         field = request.field or "audio"
         if not 0 <= request.pcm16_sample_rate <= MAX_PCM_SAMPLE_RATE:
             raise InvalidRequest(f"pcm16_sample_rate: {request.pcm16_sample_rate} is not a sample rate")
@@ -68,6 +75,16 @@ class FrontendServicer(frontend_pb2_grpc.FrontendServicer):
             raise InvalidRequest(f"text: {len(request.text)} characters exceed the limit of {self.max_text_chars}")
         segments = await runner.split_text(request.text, request.normalize, request.is_prompt)
         return frontend_pb2.SplitTextResponse(segments=segments)
+
+    @map_errors
+    async def CountTokens(
+        self, request: frontend_pb2.CountTokensRequest, context: grpc.aio.ServicerContext
+    ) -> frontend_pb2.CountTokensResponse:
+        runner = self._ready()
+        total = sum(len(text) for text in request.texts)
+        if total > self.max_text_chars:  # the same bound as one SplitText: tokenizing is linear
+            raise InvalidRequest(f"texts: {total} characters in all exceed the limit of {self.max_text_chars}")
+        return frontend_pb2.CountTokensResponse(counts=await runner.count_tokens(list(request.texts)))
 
     @map_errors
     async def ListPresetSpeakers(

@@ -49,7 +49,7 @@ def create_app(config: LLMServiceConfig, registry: CollectorRegistry | None = No
     registry = registry if registry is not None else make_registry()
     metrics = LLMMetrics(registry)
     servicer = SpeechTokenGeneratorServicer(
-        config.max_text_chars, config.max_prompt_speech_tokens, config.max_bistream_text_chars
+        config.max_text_chars, config.max_prompt_speech_tokens, config.max_bistream_text_chars, config.max_model_len
     )
     host = ServiceHost(
         config, [ServiceBinding(SERVICE_NAME, servicer, llm_pb2_grpc.add_SpeechTokenGeneratorServicer_to_server)],

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as cosyvoice_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63osyvoice/v1/frontend.proto\x12\x0c\x63osyvoice.v1\x1a\x19\x63osyvoice/v1/common.proto\"b\n\x13\x45ncodePromptRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05\x61udio\x18\x02 \x01(\x0c\x12\x19\n\x11pcm16_sample_rate\x18\x03 \x01(\x05\x12\r\n\x05\x66ield\x18\x04 \x01(\t\"Z\n\x14\x45ncodePromptResponse\x12+\n\x06prompt\x18\x01 \x01(\x0b\x32\x1b.cosyvoice.v1.SpeakerPrompt\x12\x15\n\raudio_seconds\x18\x02 \x01(\x01\"F\n\x10SplitTextRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\tnormalize\x18\x02 \x01(\x08\x12\x11\n\tis_prompt\x18\x03 \x01(\x08\"%\n\x11SplitTextResponse\x12\x10\n\x08segments\x18\x01 \x03(\t\"\x1b\n\x19ListPresetSpeakersRequest\"_\n\rStoredSpeaker\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bprompt_text\x18\x02 \x01(\t\x12+\n\x06prompt\x18\x03 \x01(\x0b\x32\x1b.cosyvoice.v1.SpeakerPrompt\"=\n\x0cSpeakerTable\x12-\n\x08speakers\x18\x01 \x03(\x0b\x32\x1b.cosyvoice.v1.StoredSpeaker\"\'\n\x17ReadSpeakerTableRequest\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"{\n\x18WriteSpeakerTableRequest\x12-\n\x08speakers\x18\x01 \x03(\x0b\x32\x1b.cosyvoice.v1.StoredSpeaker\x12\x30\n\x06schema\x18\x02 \x01(\x0e\x32 .cosyvoice.v1.SpeakerTableSchema\")\n\x19WriteSpeakerTableResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c*}\n\x12SpeakerTableSchema\x12$\n SPEAKER_TABLE_SCHEMA_UNSPECIFIED\x10\x00\x12!\n\x1dSPEAKER_TABLE_SCHEMA_OFFICIAL\x10\x01\x12\x1e\n\x1aSPEAKER_TABLE_SCHEMA_ASYNC\x10\x02\x32\xc7\x03\n\x08\x46rontend\x12U\n\x0c\x45ncodePrompt\x12!.cosyvoice.v1.EncodePromptRequest\x1a\".cosyvoice.v1.EncodePromptResponse\x12L\n\tSplitText\x12\x1e.cosyvoice.v1.SplitTextRequest\x1a\x1f.cosyvoice.v1.SplitTextResponse\x12Y\n\x12ListPresetSpeakers\x12\'.cosyvoice.v1.ListPresetSpeakersRequest\x1a\x1a.cosyvoice.v1.SpeakerTable\x12U\n\x10ReadSpeakerTable\x12%.cosyvoice.v1.ReadSpeakerTableRequest\x1a\x1a.cosyvoice.v1.SpeakerTable\x12\x64\n\x11WriteSpeakerTable\x12&.cosyvoice.v1.WriteSpeakerTableRequest\x1a\'.cosyvoice.v1.WriteSpeakerTableResponseB>Z<github.com/cosyvoice-serving/protos/cosyvoice/v1;cosyvoicev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63osyvoice/v1/frontend.proto\x12\x0c\x63osyvoice.v1\x1a\x19\x63osyvoice/v1/common.proto\"b\n\x13\x45ncodePromptRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05\x61udio\x18\x02 \x01(\x0c\x12\x19\n\x11pcm16_sample_rate\x18\x03 \x01(\x05\x12\r\n\x05\x66ield\x18\x04 \x01(\t\"Z\n\x14\x45ncodePromptResponse\x12+\n\x06prompt\x18\x01 \x01(\x0b\x32\x1b.cosyvoice.v1.SpeakerPrompt\x12\x15\n\raudio_seconds\x18\x02 \x01(\x01\"F\n\x10SplitTextRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\tnormalize\x18\x02 \x01(\x08\x12\x11\n\tis_prompt\x18\x03 \x01(\x08\"%\n\x11SplitTextResponse\x12\x10\n\x08segments\x18\x01 \x03(\t\"#\n\x12\x43ountTokensRequest\x12\r\n\x05texts\x18\x01 \x03(\t\"%\n\x13\x43ountTokensResponse\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\x05\"\x1b\n\x19ListPresetSpeakersRequest\"_\n\rStoredSpeaker\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bprompt_text\x18\x02 \x01(\t\x12+\n\x06prompt\x18\x03 \x01(\x0b\x32\x1b.cosyvoice.v1.SpeakerPrompt\"=\n\x0cSpeakerTable\x12-\n\x08speakers\x18\x01 \x03(\x0b\x32\x1b.cosyvoice.v1.StoredSpeaker\"\'\n\x17ReadSpeakerTableRequest\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"{\n\x18WriteSpeakerTableRequest\x12-\n\x08speakers\x18\x01 \x03(\x0b\x32\x1b.cosyvoice.v1.StoredSpeaker\x12\x30\n\x06schema\x18\x02 \x01(\x0e\x32 .cosyvoice.v1.SpeakerTableSchema\")\n\x19WriteSpeakerTableResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c*}\n\x12SpeakerTableSchema\x12$\n SPEAKER_TABLE_SCHEMA_UNSPECIFIED\x10\x00\x12!\n\x1dSPEAKER_TABLE_SCHEMA_OFFICIAL\x10\x01\x12\x1e\n\x1aSPEAKER_TABLE_SCHEMA_ASYNC\x10\x02\x32\x9b\x04\n\x08\x46rontend\x12U\n\x0c\x45ncodePrompt\x12!.cosyvoice.v1.EncodePromptRequest\x1a\".cosyvoice.v1.EncodePromptResponse\x12L\n\tSplitText\x12\x1e.cosyvoice.v1.SplitTextRequest\x1a\x1f.cosyvoice.v1.SplitTextResponse\x12R\n\x0b\x43ountTokens\x12 .cosyvoice.v1.CountTokensRequest\x1a!.cosyvoice.v1.CountTokensResponse\x12Y\n\x12ListPresetSpeakers\x12\'.cosyvoice.v1.ListPresetSpeakersRequest\x1a\x1a.cosyvoice.v1.SpeakerTable\x12U\n\x10ReadSpeakerTable\x12%.cosyvoice.v1.ReadSpeakerTableRequest\x1a\x1a.cosyvoice.v1.SpeakerTable\x12\x64\n\x11WriteSpeakerTable\x12&.cosyvoice.v1.WriteSpeakerTableRequest\x1a\'.cosyvoice.v1.WriteSpeakerTableResponseB>Z<github.com/cosyvoice-serving/protos/cosyvoice/v1;cosyvoicev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cosyvoice.v1.frontend_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z<github.com/cosyvoice-serving/protos/cosyvoice/v1;cosyvoicev1'
-  _globals['_SPEAKERTABLESCHEMA']._serialized_start=773
-  _globals['_SPEAKERTABLESCHEMA']._serialized_end=898
+  _globals['_SPEAKERTABLESCHEMA']._serialized_start=849
+  _globals['_SPEAKERTABLESCHEMA']._serialized_end=974
   _globals['_ENCODEPROMPTREQUEST']._serialized_start=72
   _globals['_ENCODEPROMPTREQUEST']._serialized_end=170
   _globals['_ENCODEPROMPTRESPONSE']._serialized_start=172
@@ -44,18 +44,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SPLITTEXTREQUEST']._serialized_end=334
   _globals['_SPLITTEXTRESPONSE']._serialized_start=336
   _globals['_SPLITTEXTRESPONSE']._serialized_end=373
-  _globals['_LISTPRESETSPEAKERSREQUEST']._serialized_start=375
-  _globals['_LISTPRESETSPEAKERSREQUEST']._serialized_end=402
-  _globals['_STOREDSPEAKER']._serialized_start=404
-  _globals['_STOREDSPEAKER']._serialized_end=499
-  _globals['_SPEAKERTABLE']._serialized_start=501
-  _globals['_SPEAKERTABLE']._serialized_end=562
-  _globals['_READSPEAKERTABLEREQUEST']._serialized_start=564
-  _globals['_READSPEAKERTABLEREQUEST']._serialized_end=603
-  _globals['_WRITESPEAKERTABLEREQUEST']._serialized_start=605
-  _globals['_WRITESPEAKERTABLEREQUEST']._serialized_end=728
-  _globals['_WRITESPEAKERTABLERESPONSE']._serialized_start=730
-  _globals['_WRITESPEAKERTABLERESPONSE']._serialized_end=771
-  _globals['_FRONTEND']._serialized_start=901
-  _globals['_FRONTEND']._serialized_end=1356
+  _globals['_COUNTTOKENSREQUEST']._serialized_start=375
+  _globals['_COUNTTOKENSREQUEST']._serialized_end=410
+  _globals['_COUNTTOKENSRESPONSE']._serialized_start=412
+  _globals['_COUNTTOKENSRESPONSE']._serialized_end=449
+  _globals['_LISTPRESETSPEAKERSREQUEST']._serialized_start=451
+  _globals['_LISTPRESETSPEAKERSREQUEST']._serialized_end=478
+  _globals['_STOREDSPEAKER']._serialized_start=480
+  _globals['_STOREDSPEAKER']._serialized_end=575
+  _globals['_SPEAKERTABLE']._serialized_start=577
+  _globals['_SPEAKERTABLE']._serialized_end=638
+  _globals['_READSPEAKERTABLEREQUEST']._serialized_start=640
+  _globals['_READSPEAKERTABLEREQUEST']._serialized_end=679
+  _globals['_WRITESPEAKERTABLEREQUEST']._serialized_start=681
+  _globals['_WRITESPEAKERTABLEREQUEST']._serialized_end=804
+  _globals['_WRITESPEAKERTABLERESPONSE']._serialized_start=806
+  _globals['_WRITESPEAKERTABLERESPONSE']._serialized_end=847
+  _globals['_FRONTEND']._serialized_start=977
+  _globals['_FRONTEND']._serialized_end=1516
 # @@protoc_insertion_point(module_scope)

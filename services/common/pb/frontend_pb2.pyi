@@ -54,6 +54,18 @@ class SplitTextResponse(_message.Message):
     segments: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, segments: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class CountTokensRequest(_message.Message):
+    __slots__ = ("texts",)
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, texts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CountTokensResponse(_message.Message):
+    __slots__ = ("counts",)
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, counts: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class ListPresetSpeakersRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

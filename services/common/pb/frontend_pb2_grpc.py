@@ -48,6 +48,11 @@ class FrontendStub:
                 request_serializer=cosyvoice_dot_v1_dot_frontend__pb2.SplitTextRequest.SerializeToString,
                 response_deserializer=cosyvoice_dot_v1_dot_frontend__pb2.SplitTextResponse.FromString,
                 _registered_method=True)
+        self.CountTokens = channel.unary_unary(
+                '/cosyvoice.v1.Frontend/CountTokens',
+                request_serializer=cosyvoice_dot_v1_dot_frontend__pb2.CountTokensRequest.SerializeToString,
+                response_deserializer=cosyvoice_dot_v1_dot_frontend__pb2.CountTokensResponse.FromString,
+                _registered_method=True)
         self.ListPresetSpeakers = channel.unary_unary(
                 '/cosyvoice.v1.Frontend/ListPresetSpeakers',
                 request_serializer=cosyvoice_dot_v1_dot_frontend__pb2.ListPresetSpeakersRequest.SerializeToString,
@@ -80,6 +85,14 @@ class FrontendServicer:
 
     def SplitText(self, request, context):
         """Normalises a text and splits it into the segments to synthesise one after another.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountTokens(self, request, context):
+        """Counts the tokens of texts with the model's tokenizer, each on its own, exactly as the LLM
+        stage tokenizes `text` and `prompt_text` (so the gateway checks the LLM's position budget).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,6 +131,11 @@ def add_FrontendServicer_to_server(servicer, server):
                     servicer.SplitText,
                     request_deserializer=cosyvoice_dot_v1_dot_frontend__pb2.SplitTextRequest.FromString,
                     response_serializer=cosyvoice_dot_v1_dot_frontend__pb2.SplitTextResponse.SerializeToString,
+            ),
+            'CountTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountTokens,
+                    request_deserializer=cosyvoice_dot_v1_dot_frontend__pb2.CountTokensRequest.FromString,
+                    response_serializer=cosyvoice_dot_v1_dot_frontend__pb2.CountTokensResponse.SerializeToString,
             ),
             'ListPresetSpeakers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPresetSpeakers,
@@ -192,6 +210,33 @@ class Frontend:
             '/cosyvoice.v1.Frontend/SplitText',
             cosyvoice_dot_v1_dot_frontend__pb2.SplitTextRequest.SerializeToString,
             cosyvoice_dot_v1_dot_frontend__pb2.SplitTextResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cosyvoice.v1.Frontend/CountTokens',
+            cosyvoice_dot_v1_dot_frontend__pb2.CountTokensRequest.SerializeToString,
+            cosyvoice_dot_v1_dot_frontend__pb2.CountTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

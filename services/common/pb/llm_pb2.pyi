@@ -71,3 +71,19 @@ class GenerateBistreamRequest(_message.Message):
     start: BistreamStart
     text: str
     def __init__(self, start: _Optional[_Union[BistreamStart, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
+
+class GetLimitsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LLMLimits(_message.Message):
+    __slots__ = ("max_model_len", "max_text_chars", "max_prompt_speech_tokens", "max_bistream_text_chars")
+    MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
+    MAX_TEXT_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROMPT_SPEECH_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BISTREAM_TEXT_CHARS_FIELD_NUMBER: _ClassVar[int]
+    max_model_len: int
+    max_text_chars: int
+    max_prompt_speech_tokens: int
+    max_bistream_text_chars: int
+    def __init__(self, max_model_len: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_prompt_speech_tokens: _Optional[int] = ..., max_bistream_text_chars: _Optional[int] = ...) -> None: ...

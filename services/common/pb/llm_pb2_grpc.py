@@ -47,6 +47,11 @@ class SpeechTokenGeneratorStub:
                 request_serializer=cosyvoice_dot_v1_dot_llm__pb2.GenerateBistreamRequest.SerializeToString,
                 response_deserializer=cosyvoice_dot_v1_dot_llm__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.GetLimits = channel.unary_unary(
+                '/cosyvoice.v1.SpeechTokenGenerator/GetLimits',
+                request_serializer=cosyvoice_dot_v1_dot_llm__pb2.GetLimitsRequest.SerializeToString,
+                response_deserializer=cosyvoice_dot_v1_dot_llm__pb2.LLMLimits.FromString,
+                _registered_method=True)
 
 
 class SpeechTokenGeneratorServicer:
@@ -73,6 +78,13 @@ class SpeechTokenGeneratorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLimits(self, request, context):
+        """This stage's request limits, so a caller can reject what would not fit before calling.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SpeechTokenGeneratorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -85,6 +97,11 @@ def add_SpeechTokenGeneratorServicer_to_server(servicer, server):
                     servicer.GenerateBistream,
                     request_deserializer=cosyvoice_dot_v1_dot_llm__pb2.GenerateBistreamRequest.FromString,
                     response_serializer=cosyvoice_dot_v1_dot_llm__pb2.GenerateResponse.SerializeToString,
+            ),
+            'GetLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLimits,
+                    request_deserializer=cosyvoice_dot_v1_dot_llm__pb2.GetLimitsRequest.FromString,
+                    response_serializer=cosyvoice_dot_v1_dot_llm__pb2.LLMLimits.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -143,6 +160,33 @@ class SpeechTokenGenerator:
             '/cosyvoice.v1.SpeechTokenGenerator/GenerateBistream',
             cosyvoice_dot_v1_dot_llm__pb2.GenerateBistreamRequest.SerializeToString,
             cosyvoice_dot_v1_dot_llm__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cosyvoice.v1.SpeechTokenGenerator/GetLimits',
+            cosyvoice_dot_v1_dot_llm__pb2.GetLimitsRequest.SerializeToString,
+            cosyvoice_dot_v1_dot_llm__pb2.LLMLimits.FromString,
             options,
             channel_credentials,
             insecure,
