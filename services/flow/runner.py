@@ -72,6 +72,12 @@ class FlowRunner:
         # Checked before the prompt is copied: each session holds its prompt and all its tokens.
         if self.num_sessions >= self.max_sessions:
             raise Overloaded(f"flow: {self.num_sessions} sessions are open (max_sessions); retry later")
+        if prompt is not None and prompt.prompt_tokens.size * self.ratio > self.max_frames:
+            # Before the copy: a prompt past the flow's frame limit could never decode a chunk.
+            raise InvalidRequest(
+                f"prompt.prompt_tokens: {prompt.prompt_tokens.size} tokens make "
+                f"{prompt.prompt_tokens.size * self.ratio} mel frames, over the flow's limit of {self.max_frames}"
+            )
         if prompt is None:
             session = speaker_session(self.speakers.embedding(speaker_id))
         else:

@@ -9,6 +9,7 @@ import grpc
 from services.common.bidi import open_stream
 from services.common.errors import Unavailable, map_errors
 from services.common.pb import flow_pb2, flow_pb2_grpc
+from services.common.request_limits import check_request_id, check_speaker_id
 from services.common.tensors import from_proto, to_proto
 from services.flow.api import MelDecoder, VoicePrompt
 
@@ -38,6 +39,8 @@ class FlowDecoderServicer(flow_pb2_grpc.FlowDecoderServicer):
         if opened is None:
             return
         start, chunks = opened
+        check_request_id(start.request_id, "start.request_id")
+        check_speaker_id(start.speaker_id, "start.speaker_id")
         session = self.runner.open_session(start.speaker_id or None, voice_prompt(start))
         try:
             async for chunk in chunks:

@@ -7,6 +7,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from services.common.request_limits import Range
+
+# The playback speeds the reference's time stretch is meant for; gateway/modes.py offers the
+# same range (MIN_SPEED, MAX_SPEED). Far outside it one chunk's audio grows without bound.
+SPEED_RANGE = Range(0.5, 2.0)
+
 
 @dataclass(frozen=True)
 class AudioResult:

@@ -7,7 +7,6 @@ not depend on what it was batched with.
 
 from __future__ import annotations
 
-import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -17,7 +16,8 @@ import torch
 
 from services.common.batching import Batcher
 from services.common.errors import InvalidRequest, Overloaded, ServingError
-from services.vocoder.api import AudioResult
+from services.common.request_limits import check_range
+from services.vocoder.api import SPEED_RANGE, AudioResult
 from services.vocoder.metrics import VocoderMetrics
 from services.vocoder.model.hift import HiFTGenerator
 from services.vocoder.model.streaming import VocoderStream, VocoderStreamError, vocode_batch
@@ -69,8 +69,7 @@ class VocoderRunner:
         # Each stream holds its mel and source caches until it closes.
         if self.num_streams >= self.max_sessions:
             raise Overloaded(f"vocoder: {self.num_streams} sessions are open (max_sessions); retry later")
-        if not (math.isfinite(speed) and speed > 0):
-            raise InvalidRequest(f"start.speed: {speed} is not a positive number")
+        check_range(speed, SPEED_RANGE, "start.speed")
         generator = torch.Generator(device=self.device)
         generator.manual_seed(secrets.randbits(63) if seed is None else seed)
         self.num_streams += 1

@@ -9,6 +9,7 @@ import grpc
 from services.common.bidi import open_stream
 from services.common.errors import Unavailable, map_errors
 from services.common.pb import vocoder_pb2, vocoder_pb2_grpc
+from services.common.request_limits import check_request_id
 from services.common.tensors import from_proto, to_proto
 from services.vocoder.api import Vocoder
 
@@ -27,6 +28,7 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
         if opened is None:
             return
         start, chunks = opened
+        check_request_id(start.request_id, "start.request_id")
         speed = start.speed if start.HasField("speed") else 1.0
         stream = self.runner.open_stream(start.seed if start.HasField("seed") else None, speed)
         try:

@@ -73,3 +73,55 @@ def test_max_sessions_must_be_positive(tiny_model_dir):
 
     with pytest.raises(ConfigError, match="--max-sessions / COSYVOICE_FLOW_MAX_SESSIONS must be >= 1"):
         load_config(FlowServiceConfig, ["--model-dir", str(tiny_model_dir), "--max-sessions", "0"])
+
+
+@pytest.fixture
+async def flow(tiny_model_dir):
+    config = FlowServiceConfig(model_dir=tiny_model_dir, metrics_port=-1)
+    async with stage_app(create_app(config, make_registry())) as app:
+        yield app
+
+
+def _prompt(tokens, mel_frames=None, embedding=None, mel_value=0.0):
+    tokens = np.asarray(tokens, np.int32)
+    frames = 2 * tokens.size if mel_frames is None else mel_frames
+    return flow_pb2.DecodeStart(prompt={
+        "prompt_tokens": to_proto(tokens),
+        "prompt_mel": to_proto(np.full((frames, 80), mel_value, np.float32)),
+        "speaker_embedding": to_proto(np.ones(192, np.float32) if embedding is None else embedding),
+    })
+
+
+MAX_FRAMES = 15000  # the tiny flow's fixed noise: 300 s at 50 frames per second
+FIELD_CASES = [
+    (flow_pb2.DecodeStart(request_id="r" * 129), [], "start.request_id: 129 characters exceed the limit of 128"),
+    (flow_pb2.DecodeStart(speaker_id="s" * 129), [], "start.speaker_id: 129 characters exceed the limit of 128"),
+    (_prompt([6561]), [], "prompt.prompt_tokens: must be a vector of ids in [0, 6561)"),
+    (_prompt([-1]), [], "prompt.prompt_tokens: must be a vector of ids in [0, 6561)"),
+    (_prompt(np.zeros(7501), mel_frames=2), [],
+     f"prompt.prompt_tokens: 7501 tokens make 15002 mel frames, over the flow's limit of {MAX_FRAMES}"),
+    (_prompt([1, 2], mel_frames=3), [], "prompt.prompt_mel: shape [3, 80], expected [4, 80]"),
+    (_prompt([1, 2], embedding=np.ones(191, np.float32)), [], "prompt: speaker_embedding must be [192]"),
+    (_prompt([1, 2], mel_value=np.inf), [], "prompt: speaker_embedding must be [192] and all values finite"),
+    (flow_pb2.DecodeStart(), [_chunk([6561])], "chunk.tokens: ids must be in [0, 6561)"),
+    (flow_pb2.DecodeStart(), [_chunk([-1])], "chunk.tokens: ids must be in [0, 6561)"),
+    (flow_pb2.DecodeStart(), [_chunk([1] * 7501)],
+     f"chunk.tokens: prompt + 7501 tokens make 15002 mel frames, over the flow's limit of {MAX_FRAMES}"),
+]
+
+
+@pytest.mark.parametrize(("start", "chunks", "details"), FIELD_CASES)
+async def test_each_field_out_of_range_is_refused_naming_it(flow, start, chunks, details):
+    async def requests():
+        yield flow_pb2.DecodeRequest(start=start)
+        for chunk in chunks:
+            yield chunk
+        await asyncio.Event().wait()  # no write after the refusal (see start_only above)
+
+    async with grpc.aio.insecure_channel(flow.host.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in flow_pb2_grpc.FlowDecoderStub(channel).Decode(requests()):
+                pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(details)
+    await eventually(lambda: flow.servicer.runner.num_sessions == 0, what="no session left open")

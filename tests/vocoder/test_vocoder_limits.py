@@ -68,3 +68,53 @@ async def test_a_session_beyond_max_sessions_is_refused_and_the_next_one_after_a
         await eventually(lambda: app.servicer.runner.num_streams == 0, what="the first session closing")
         responses = [r async for r in stub.Vocode(one_stream())]
         assert responses[-1].is_final
+
+
+@pytest.fixture
+async def vocoder(tiny_model_dir):
+    config = VocoderServiceConfig(model_dir=tiny_model_dir, metrics_port=-1)
+    async with stage_app(create_app(config, make_registry())) as app:
+        yield app
+
+
+def _mel(mel, finalize=False):
+    return vocoder_pb2.VocodeRequest(chunk=vocoder_pb2.MelChunk(mel=to_proto(mel), finalize=finalize))
+
+
+FIELD_CASES = [
+    (vocoder_pb2.VocodeStart(request_id="r" * 129), [], "start.request_id: 129 characters exceed the limit of 128"),
+    (vocoder_pb2.VocodeStart(speed=0.1), [], "start.speed: 0.1 is outside [0.5, 2]"),
+    (vocoder_pb2.VocodeStart(speed=3.0), [], "start.speed: 3 is outside [0.5, 2]"),
+    (vocoder_pb2.VocodeStart(speed=float("nan")), [], "start.speed: nan is outside [0.5, 2]"),
+    (vocoder_pb2.VocodeStart(speed=2.0), [_chunk(20)],
+     "start.speed: only a stream of one final chunk (non-streaming) can change speed"),
+    (vocoder_pb2.VocodeStart(), [_mel(np.zeros((79, 10), np.float32))], "chunk.mel: shape [79, 10], expected [80, frames]"),
+    (vocoder_pb2.VocodeStart(), [_mel(np.zeros((80, 15001), np.float32))],
+     "chunk.mel: 15001 frames exceed the limit of 15000"),
+    (vocoder_pb2.VocodeStart(), [_mel(np.full((80, 10), np.nan, np.float32))], "chunk.mel: values must be finite"),
+    (vocoder_pb2.VocodeStart(), [_chunk(4)], "chunk.mel: a first non-final chunk needs at least 8 frames"),
+]
+
+
+@pytest.mark.parametrize(("start", "chunks", "details"), FIELD_CASES)
+async def test_each_field_out_of_range_is_refused_naming_it(vocoder, start, chunks, details):
+    async def requests():
+        yield vocoder_pb2.VocodeRequest(start=start)
+        for chunk in chunks:
+            yield chunk
+        await asyncio.Event().wait()  # no write after the refusal (see _start_only)
+
+    async with grpc.aio.insecure_channel(vocoder.host.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in vocoder_pb2_grpc.VocoderStub(channel).Vocode(requests()):
+                pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == details
+    await eventually(lambda: vocoder.servicer.runner.num_streams == 0, what="no stream left open")
+
+
+def test_the_vocoder_allows_the_speeds_the_gateway_offers():
+    from gateway.modes import MAX_SPEED, MIN_SPEED
+    from services.vocoder.api import SPEED_RANGE
+
+    assert (SPEED_RANGE.low, SPEED_RANGE.high) == (MIN_SPEED, MAX_SPEED)
