@@ -34,22 +34,44 @@ class _Shared:
     flow_timed: bool = False
 
 
-async def _text_requests(start: llm_pb2.BistreamStart, pieces: AsyncIterator[str]) -> AsyncIterator[object]:
+# The gateway's side of each client-streaming stage call is written by a pump of its own, never
+# handed to gRPC as a request iterator: gRPC would consume that iterator in a task of its own,
+# which `call.cancel()` leaves pending once the call has already ended (a stage error, the
+# deadline). Such tasks and the generators they iterate were destroyed pending later, each
+# logging an ERROR ("Task was destroyed but it is pending!", "aclose(): asynchronous generator is
+# already running"). As pumps they are cancelled and awaited with the others on every exit.
+_CALL_ENDED = (grpc.aio.AioRpcError, asyncio.InvalidStateError)
+
+
+async def _write_text(call: grpc.aio.StreamStreamCall, start: llm_pb2.BistreamStart, pieces: AsyncIterator[str]) -> None:
     """The LLM's bistream: the start, then each text piece as the caller sends it; the caller's
     end of text half-closes it."""
-    yield llm_pb2.GenerateBistreamRequest(start=start)
-    async for piece in pieces:
-        yield llm_pb2.GenerateBistreamRequest(text=piece)
+    try:
+        await call.write(llm_pb2.GenerateBistreamRequest(start=start))
+        async for piece in pieces:
+            await call.write(llm_pb2.GenerateBistreamRequest(text=piece))
+        await call.done_writing()
+    except _CALL_ENDED:
+        return  # the call has ended: the pump reading its tokens says how
+    finally:
+        aclose = getattr(pieces, "aclose", None)
+        if aclose is not None:  # from the task that iterates it, so never while it is running
+            await aclose()
 
 
-async def _requests(first: object, queue: asyncio.Queue) -> AsyncIterator[object]:
-    """A bidi request stream: the start message, then queued items up to the final one."""
-    yield first
-    while True:
-        item = await queue.get()
-        yield item
-        if item.chunk.finalize:
-            return
+async def _write_chunks(call: grpc.aio.StreamStreamCall, first: object, queue: asyncio.Queue) -> None:
+    """A bidi stage stream's requests: the start message, then queued items up to the final
+    one, then half-close."""
+    try:
+        await call.write(first)
+        while True:
+            item = await queue.get()
+            await call.write(item)
+            if item.chunk.finalize:
+                break
+        await call.done_writing()
+    except _CALL_ENDED:
+        return  # the call has ended: the pump reading its responses says how
 
 
 class StagePipeline:
@@ -109,22 +131,26 @@ class StagePipeline:
                 request_id=job.request_id, prompt_text=job.prompt_text,
                 prompt_speech_tokens=job.prompt_speech_tokens, sampling=sampling,
             )
-            llm_call = self.clients.llm.GenerateBistream(_text_requests(start, text_pieces), timeout=timeout)
+            llm_call = self.clients.llm.GenerateBistream(timeout=timeout)
         if job.flow_prompt is not None:
             decode_start = flow_pb2.DecodeStart(request_id=job.request_id, prompt=job.flow_prompt)
         else:
             decode_start = flow_pb2.DecodeStart(request_id=job.request_id, speaker_id=job.speaker_id)
-        flow_call = self.clients.flow.Decode(_requests(flow_pb2.DecodeRequest(start=decode_start), flow_in), timeout=timeout)
+        flow_call = self.clients.flow.Decode(timeout=timeout)
         vocode_start = vocoder_pb2.VocodeStart(request_id=job.request_id, seed=job.seed)
         if job.speed != 1.0:
             vocode_start.speed = job.speed
         vocoder_start = vocoder_pb2.VocodeRequest(start=vocode_start)
-        vocoder_call = self.clients.vocoder.Vocode(_requests(vocoder_start, vocoder_in), timeout=timeout)
+        vocoder_call = self.clients.vocoder.Vocode(timeout=timeout)
         pumps = [
+            _write_chunks(flow_call, flow_pb2.DecodeRequest(start=decode_start), flow_in),
+            _write_chunks(vocoder_call, vocoder_start, vocoder_in),
             self._pump_tokens(llm_call, flow_in, shared, job, llm_done),
             self._pump_mel(flow_call, vocoder_in, shared),
             self._pump_audio(vocoder_call, audio_out, shared),
         ]
+        if text_pieces is not None:
+            pumps.append(_write_text(llm_call, start, text_pieces))
 
         def cancel_calls() -> None:
             for call in (llm_call, flow_call, vocoder_call):

@@ -10,6 +10,8 @@ from typing import Callable, Iterator
 
 import grpc
 
+from services.cli.connection import Connection
+from services.common.config import ConfigError
 from services.common.server import CHANNEL_OPTIONS
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -64,21 +66,28 @@ def _is_connected(channel: grpc.Channel) -> bool:
 
 
 @contextlib.contextmanager
-def gateway_channel(address: str) -> Iterator[grpc.Channel]:
-    """A channel to the gateway; an RPC error raised inside becomes a one-line CliError."""
+def gateway_channel(address: str, connection: Connection | None = None) -> Iterator[grpc.Channel]:
+    """A channel to the gateway, with TLS and the API key of `connection` when set
+    (services/cli/connection.py); an RPC error raised inside becomes a one-line CliError."""
+    connection = connection or Connection()
     try:
-        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        channel = connection.open_channel(address, CHANNEL_OPTIONS)
+    except ConfigError as error:  # a TLS file: the message names the flag
+        raise CliError(str(error)) from None
     except (ValueError, RuntimeError) as error:
         raise CliError(f"bad --address {address!r}: {error}") from None
     with channel:
         try:
-            yield channel
+            yield connection.with_api_key(channel)
         except grpc.RpcError as error:
             code = error.code()
             # A refused connection and a gateway reporting a stage down are both UNAVAILABLE;
             # only the channel state tells them apart.
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not _is_connected(channel):
-                raise CliError(f"cannot reach the gateway at {address} ({code.name})") from None
+                hint = " over TLS (a TLS port? a certificate --tls-ca signed, for this host?)" if connection.uses_tls else ""
+                raise CliError(f"cannot reach the gateway at {address}{hint} ({code.name})") from None
+            if code == grpc.StatusCode.UNAUTHENTICATED:  # the gateway's message names the metadata
+                raise CliError(f"{code.name}: {error.details()} (--api-key or COSYVOICE_API_KEY)") from None
             raise CliError(f"{code.name}: {in_flag_names(error.details() or '')}") from None
 
 

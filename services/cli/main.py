@@ -6,6 +6,7 @@ Subcommands import their own modules lazily, so the clients (`synth`, `speakers`
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Sequence
 
@@ -88,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"cosyvoice {version()}")
         return
     command, rest = argv[0], argv[1:]
+    if command in ("synth", "speakers", "health"):
+        # A client's failure is one stderr line; gRPC core would log a failed TLS handshake
+        # (at INFO) before it. It reads the variable once, when grpc is first imported: here.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     if command == "serve":
         _serve(rest)
     elif command == "up":

@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from services.cli import connection as connection_flags
 from services.cli.client import DEFAULT_ADDRESS, CliError, gateway_channel, read_input, run_cli
 from services.common.pb import speakers_pb2, speakers_pb2_grpc, tts_pb2
 
@@ -55,7 +56,7 @@ def add(args: argparse.Namespace) -> None:
     )
     if args.no_text_frontend:
         request.text_frontend = False
-    with gateway_channel(args.address) as channel:
+    with gateway_channel(args.address, connection_flags.from_args(args)) as channel:
         speaker = _stub(channel).RegisterSpeaker(request, timeout=RPC_TIMEOUT_SECONDS)
     seconds = speaker.num_prompt_tokens / TOKENS_PER_SECOND
     print(f"registered {speaker.name}: {speaker.num_prompt_tokens} prompt tokens ({seconds:.2f} s); "
@@ -63,20 +64,20 @@ def add(args: argparse.Namespace) -> None:
 
 
 def list_(args: argparse.Namespace) -> None:
-    with gateway_channel(args.address) as channel:
+    with gateway_channel(args.address, connection_flags.from_args(args)) as channel:
         response = _stub(channel).ListSpeakers(speakers_pb2.ListSpeakersRequest(), timeout=RPC_TIMEOUT_SECONDS)
     print("\n".join(format_table(response.speakers)))
 
 
 def rm(args: argparse.Namespace) -> None:
-    with gateway_channel(args.address) as channel:
+    with gateway_channel(args.address, connection_flags.from_args(args)) as channel:
         _stub(channel).DeleteSpeaker(speakers_pb2.DeleteSpeakerRequest(name=args.name), timeout=RPC_TIMEOUT_SECONDS)
     print(f"removed {args.name}")
 
 
 def import_(args: argparse.Namespace) -> None:
     data = read_input(args.file, "speaker file")
-    with gateway_channel(args.address) as channel:
+    with gateway_channel(args.address, connection_flags.from_args(args)) as channel:
         response = _stub(channel).ImportSpeakers(
             speakers_pb2.ImportSpeakersRequest(
                 spk2info=data, overwrite=args.overwrite, skip_existing=args.skip_existing
@@ -91,7 +92,7 @@ def import_(args: argparse.Namespace) -> None:
 
 def export(args: argparse.Namespace) -> None:
     request = speakers_pb2.ExportSpeakersRequest(schema=SCHEMAS[args.schema], names=args.name or [])
-    with gateway_channel(args.address) as channel:
+    with gateway_channel(args.address, connection_flags.from_args(args)) as channel:
         response = _stub(channel).ExportSpeakers(request, timeout=RPC_TIMEOUT_SECONDS)
     # Written only after the call succeeded, so a refused export leaves no empty file behind.
     try:
@@ -107,6 +108,7 @@ def parser() -> argparse.ArgumentParser:
     # --address lives on each subcommand (it comes after it), with synth's default.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--address", default=DEFAULT_ADDRESS, help=f"gateway host:port (default {DEFAULT_ADDRESS})")
+    connection_flags.add_arguments(common)  # --tls-ca, --tls-cert, --tls-key, --tls-server-name, --api-key
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     commands = p.add_subparsers(dest="command", required=True, metavar="{add,list,rm,import,export}")
 

@@ -14,6 +14,7 @@ import time
 import wave
 from typing import BinaryIO, Sequence
 
+from services.cli import connection as connection_flags
 from services.cli.client import DEFAULT_ADDRESS, CliError, gateway_channel, read_input, run_cli
 from services.common.pb import tts_pb2, tts_pb2_grpc
 
@@ -108,13 +109,14 @@ def build_request(args: argparse.Namespace) -> tts_pb2.SynthesizeRequest:
 
 
 def synthesize_to_wav(address: str, request: tts_pb2.SynthesizeRequest, out_path: str,
-                      timeout: float = SYNTH_TIMEOUT_SECONDS) -> dict[str, float]:
+                      timeout: float = SYNTH_TIMEOUT_SECONDS,
+                      connection: connection_flags.Connection | None = None) -> dict[str, float]:
     """Write the audio into `out_path`; returns time to first audio, wall time, audio seconds, RTF."""
     sink = WavSink(out_path)
     started = time.perf_counter()
     first_audio: float | None = None
     try:
-        with gateway_channel(address) as channel:
+        with gateway_channel(address, connection) as channel:
             for response in tts_pb2_grpc.TextToSpeechStub(channel).Synthesize(request, timeout=timeout):
                 first_audio = first_audio if first_audio is not None else time.perf_counter() - started
                 sink.write(response)
@@ -163,6 +165,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-text-frontend", action="store_true",
                    help="send the text as is: no normalisation or sentence splitting (special tokens pass through)")
     p.add_argument("--seed", type=_seed, default=None, help="same seed, same audio (default: a fresh one)")
+    connection_flags.add_arguments(p)  # --tls-ca, --tls-cert, --tls-key, --tls-server-name, --api-key
     return p
 
 
@@ -171,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def body() -> None:
         request = build_request(args)
-        stats = synthesize_to_wav(args.address, request, args.output)
+        stats = synthesize_to_wav(args.address, request, args.output, connection=connection_flags.from_args(args))
         delivery = "streamed" if request.stream else "one message (speed needs stream=false)"
         print(
             f"wrote {args.output}: {stats['audio_seconds']:.2f} s of audio, {delivery}; "

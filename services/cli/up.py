@@ -25,11 +25,13 @@ from typing import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.cli import up_security
 from services.cli.supervisor import EXIT_SIGNAL, RestartPolicy, Supervisor
 from services.common import die_with_parent
 from services.common.drain import EXIT_STREAMS_CUT
 
 from services.common.config import DEFAULT_METRICS_PORTS
+from services.common.tls import ClientTls
 
 _LISTENING = re.compile(r"listening on (\S+:\d+)(?: metrics (\S+:\d+))?")
 STAGES = ("llm", "flow", "vocoder", "frontend")
@@ -105,8 +107,13 @@ def _launch(name: str, args: list[str], env: dict[str, str], announce: str = "")
     return child, bound
 
 
-def wait_serving(address: str, timeout: float) -> bool:
-    with grpc.insecure_channel(address) as channel:
+def wait_serving(address: str, timeout: float, tls: ClientTls | None = None) -> bool:
+    """Whether the service at `address` reports SERVING within `timeout`; `tls`: a TLS port."""
+    if tls is None:
+        channel = grpc.insecure_channel(address)
+    else:
+        channel = grpc.secure_channel(address, tls.credentials(), options=tls.options())
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             for reply in stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=timeout):
@@ -222,10 +229,13 @@ def start_stack(
     gateway_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
     metrics_port: int = 0,
-    metrics_host: str = "",
+    metrics_host: str = "127.0.0.1",
+    internal_host: str = "127.0.0.1",
 ) -> list[Child]:
     """The four stages, then the gateway pointed at them; returned gateway first. Extra
     flags go to every stage (`stage_args`) or to the gateway, after ours, so they win.
+    Three interfaces: `host` the public gateway's, `internal_host` the stages' (only the
+    gateway calls them), `metrics_host` every /metrics server's ("": each service's own host).
     `metrics_port` is the gateway's /metrics port, the stages' follow it (0, the default
     here: free ports, so tools that start a stack never collide; -1: none). On failure,
     whatever was started is stopped again. The children are tied to the calling thread's
@@ -239,7 +249,7 @@ def start_stack(
     children: list[Child] = []
     try:
         for index, name in enumerate(STAGES):
-            args = ["--host", host, "--port", "0", "--model-dir", str(model_dir),
+            args = ["--host", internal_host, "--port", "0", "--model-dir", str(model_dir),
                     "--device", _stage_device(device, index), *metrics_args(name), *stage_args]
             children.append(_start(name, args, env, timeout))
         addresses = {c.name: c.address for c in children}
@@ -259,13 +269,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--model-dir", help="CosyVoice2 model directory (default: generate the tiny model)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: stage i on GPU i mod count")
-    parser.add_argument("--host", default="127.0.0.1", help="interface every service listens on (default 127.0.0.1)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="interface the public gateway listens on (default 127.0.0.1; 0.0.0.0: every interface)")
+    parser.add_argument("--internal-host", default="127.0.0.1",
+                        help="interface the four stages listen on; only the gateway calls them (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=50051, help="gateway port (default 50051; 0: any free port)")
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
                         help="the gateway's /metrics port N; llm, flow, vocoder, frontend get N+1..N+4 "
                              "(0: free ports; -1: no metrics)")
-    parser.add_argument("--metrics-host", default="",
-                        help="interface the /metrics servers listen on (default: the same as --host)")
+    parser.add_argument("--metrics-host", default="127.0.0.1",
+                        help="interface every /metrics server listens on (default 127.0.0.1, whatever --host is)")
     parser.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for each stage (default 600)")
     parser.add_argument("--num-threads", type=int, default=None,
                         help="torch CPU threads per stage (default: 1 on cpu, so the processes do not "
@@ -279,12 +292,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--speaker-db", default=None,
                         help="registered speakers: a SQLite file or :memory: (default: the gateway's, "
                              "~/.cache/cosyvoice/speakers.db)")
+    up_security.add_arguments(parser)
     args = parser.parse_args(argv)
     num_threads = args.num_threads if args.num_threads is not None else (1 if args.device == "cpu" else 0)
     check_before_start(args.model_dir, args.host, args.port)
     check_metrics_ports(args.host, args.metrics_host, args.port, args.metrics_port)
+    security = up_security.from_args(args)  # reads every certificate and key file now
     model_dir = ensure_model_dir(args.model_dir)
-    gateway_args: list[str] = []
+    gateway_args: list[str] = [*security.gateway_args]
     if args.speaker_db is not None:
         gateway_args += ["--speaker-db", args.speaker_db]
     if args.drain_timeout is not None:
@@ -308,15 +323,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         children = start_stack(
             model_dir, args.device, args.host, args.port, args.start_timeout,
-            stage_args=["--num-threads", str(num_threads), *stage_extra],
+            stage_args=["--num-threads", str(num_threads), *stage_extra, *security.stage_args],
             gateway_args=gateway_args, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+            internal_host=args.internal_host,
         )
         for child in children:
             print(child.describe(), flush=True)
         stopping = threading.Event()
 
         def announce_ready() -> None:
-            if wait_serving(children[0].address, args.start_timeout):
+            if wait_serving(children[0].address, args.start_timeout, security.ready_tls):
                 print(f"ready: cosyvoice synth \"Hello\" -o out.wav --address {children[0].address}", flush=True)
             elif not stopping.is_set():
                 print(f"cosyvoice up: the gateway did not report SERVING within {args.start_timeout:.0f} s",
