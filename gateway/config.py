@@ -10,7 +10,7 @@ from pathlib import Path
 from gateway.auth import ApiKey, load_api_keys
 from gateway.clients import AddressError, channel_target
 from services.common.chunking import ChunkPolicy
-from services.common.config import ServerConfig, check, metrics_port_setting, setting, setting_names
+from services.common.config import MIB, ServerConfig, check, metrics_port_setting, setting, setting_names
 from services.common.tls import ClientTls, load_client_tls
 
 
@@ -25,6 +25,13 @@ class GatewayConfig(ServerConfig):
     PROG = "cosyvoice serve gateway"
 
     metrics_port: int = metrics_port_setting("gateway")
+    # In: a prompt upload up to the frontend's max_audio_bytes (32 MiB) with its text, or a
+    # spk2info import; as large as the frontend accepts, which it is relayed to. Out: one
+    # non-streaming response carries the whole audio; speaker exports (docs/limits.md).
+    max_receive_message_bytes: int = setting(
+        40 * MIB, "largest gRPC message accepted (a prompt upload, a spk2info import); the frontend's must be as large"
+    )
+    max_send_message_bytes: int = setting(64 * MIB, "largest gRPC message sent (non-streaming audio, exports)")
 
     llm_addr: str = setting("", "the LLM stage (required): host:port, IP:PORT,IP:PORT or dns:///NAME:PORT for replicas")
     flow_addr: str = setting("", "the flow stage (required): host:port, IP:PORT,IP:PORT or dns:///NAME:PORT")

@@ -23,6 +23,9 @@ class ConfigError(ValueError):
     """A setting with a bad value; the message names the flag and the environment variable."""
 
 
+MIB = 1024 * 1024
+
+
 def setting(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirrors argparse
     """A config field with help text (shown by --help)."""
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
@@ -58,6 +61,11 @@ class ServerConfig:
         "", "PEM CA certificates; set: clients must present a certificate signed by one (mutual TLS)"
     )
     reflection: bool = setting(True, "serve gRPC server reflection (grpcurl list/describe); false turns it off")
+    # Each service overrides both with what its largest legitimate message needs (docs/limits.md).
+    max_receive_message_bytes: int = setting(
+        4 * MIB, "largest gRPC message this server accepts; a larger one gets RESOURCE_EXHAUSTED"
+    )
+    max_send_message_bytes: int = setting(4 * MIB, "largest gRPC message this server sends")
 
     @property
     def metrics_bind_host(self) -> str:
@@ -72,6 +80,8 @@ class ServerConfig:
         check(self.grace_seconds >= 0, self, "grace_seconds", "must be >= 0")
         check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), self, "log_level",
               "must be DEBUG, INFO, WARNING or ERROR")
+        for name in ("max_receive_message_bytes", "max_send_message_bytes"):
+            check(64 * 1024 <= getattr(self, name) <= 2**31 - 1, self, name, "must be in 65536..2147483647")
 
 
 def setting_names(config_type: type, name: str) -> str:

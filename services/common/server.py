@@ -35,7 +35,10 @@ from services.common.tls import load_server_tls
 
 logger = logging.getLogger(__name__)
 
-# Audio and mel chunks are a few hundred kB; prompts can carry a few MB of mel.
+# What the gateway's and the CLI's channels allow: at least every service's max_send_message_bytes
+# (the largest: 64 MiB, a non-streaming vocoder chunk or gateway response), so a channel never
+# refuses what a server may legitimately send. Servers refuse by their own settings
+# (server_options below; sizes per service in docs/limits.md).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -65,6 +68,15 @@ SERVER_OPTIONS = [
 # After a drain: how long cut calls get to send their status, and what is left (health watches)
 # gets before the transport closes.
 _CUT_SECONDS = 1.0
+
+def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
+    """SERVER_OPTIONS with this service's own message size limits (docs/limits.md)."""
+    sizes = {
+        "grpc.max_send_message_length": config.max_send_message_bytes,
+        "grpc.max_receive_message_length": config.max_receive_message_bytes,
+    }
+    return [(name, sizes.get(name, value)) for name, value in SERVER_OPTIONS]
+
 
 _HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # grpcio-reflection serves the v1alpha name; newer clients also try v1.
@@ -104,7 +116,7 @@ class ServiceHost:
         self.health = health.aio.HealthServicer()
         self.calls = CallTracker(service or "server")
         self.server = grpc.aio.server(
-            options=SERVER_OPTIONS,
+            options=server_options(config),
             interceptors=[
                 RpcMetricsInterceptor(self.rpc_metrics, served),
                 # Inside the metrics interceptor, so refused and cut calls are counted too.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.common.config import check, metrics_port_setting, setting
+from services.common.config import MIB, check, metrics_port_setting, setting
 from services.common.stage_config import BatchingStageConfig
 
 
@@ -16,6 +16,11 @@ class FlowServiceConfig(BatchingStageConfig):
     PROG = "cosyvoice serve flow"
 
     metrics_port: int = metrics_port_setting("flow")
+    # The flow's own frame limit (CosyVoice 2: 15000 mel frames, 300 s) bounds both ways: a
+    # prompt mel or a non-streaming request's one mel chunk is at most 15000 × 80 × 4 B = 4.8 MB.
+    # (The gateway's prompts are at most 30 s: 480 kB.)
+    max_receive_message_bytes: int = setting(8 * MIB, "largest gRPC message accepted (voice prompt, token chunk)")
+    max_send_message_bytes: int = setting(8 * MIB, "largest gRPC message sent (a mel chunk)")
 
     max_batch_padding: float = setting(1.2, "batch chunks only while padding costs at most this × their real length")
 

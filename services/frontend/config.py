@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.common.config import check, metrics_port_setting, setting
+from services.common.config import MIB, check, metrics_port_setting, setting
 from services.common.stage_config import StageConfig
 
 PROMPT_24K_SOURCES = ("file", "16k")
@@ -18,6 +18,12 @@ class FrontendServiceConfig(StageConfig):
     PROG = "cosyvoice serve frontend"
 
     metrics_port: int = metrics_port_setting("frontend")
+    # In: a prompt upload of max_audio_bytes (32 MiB) and its fields, or an uploaded spk2info.pt.
+    # Out: speaker tables and spk2info files, about 0.5 MB per 30 s speaker.
+    max_receive_message_bytes: int = setting(
+        40 * MIB, "largest gRPC message accepted (a prompt upload, a spk2info file); >= max_audio_bytes + 64 KiB"
+    )
+    max_send_message_bytes: int = setting(64 * MIB, "largest gRPC message sent (speaker tables, spk2info files)")
 
     num_workers: int = setting(2, "prompt recordings processed at once (threads; ONNX Runtime releases the GIL)")
     onnx_threads: int = setting(1, "intra-op threads of each ONNX Runtime session")
@@ -35,6 +41,8 @@ class FrontendServiceConfig(StageConfig):
         check(self.onnx_threads >= 1, self, "onnx_threads", "must be >= 1")
         check(0 < self.max_prompt_seconds <= 30, self, "max_prompt_seconds", "must be in (0, 30]")
         check(self.max_audio_bytes >= 1024, self, "max_audio_bytes", "must be >= 1024")
+        check(self.max_receive_message_bytes >= self.max_audio_bytes + 64 * 1024, self, "max_receive_message_bytes",
+              f"must hold a prompt upload of max_audio_bytes ({self.max_audio_bytes}) + 65536")
         check(self.max_text_chars >= 1, self, "max_text_chars", "must be >= 1")
         check(self.prompt_24k_source in PROMPT_24K_SOURCES, self, "prompt_24k_source", "must be file or 16k")
 

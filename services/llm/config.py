@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.common.config import check, metrics_port_setting, setting
+from services.common.config import MIB, check, metrics_port_setting, setting
 from services.common.stage_config import StageConfig
 
 
@@ -16,6 +16,10 @@ class LLMServiceConfig(StageConfig):
     PROG = "cosyvoice serve llm"
 
     metrics_port: int = metrics_port_setting("llm")
+    # A request is text and ids: 2 × 4000 characters (up to 4 bytes each in UTF-8) and 1500
+    # prompt tokens (5 bytes each) are 40 kB; a response is at most max_model_len tokens (20 kB).
+    max_receive_message_bytes: int = setting(MIB, "largest gRPC message accepted (text, prompt tokens)")
+    max_send_message_bytes: int = setting(MIB, "largest gRPC message sent (speech tokens)")
 
     max_num_seqs: int = setting(16, "sequences decoded together in one step (KV-cache slots)")
     max_num_batched_tokens: int = setting(4096, "prompt positions admitted per prefill step")
@@ -30,3 +34,11 @@ class LLMServiceConfig(StageConfig):
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "max_waiting_requests",
                      "max_text_chars", "max_prompt_speech_tokens", "max_bistream_text_chars"):
             check(getattr(self, name) >= 1, self, name, "must be >= 1")
+        check(self.max_receive_message_bytes >= self.largest_request_bytes, self, "max_receive_message_bytes",
+              f"must hold the largest request the other limits allow ({self.largest_request_bytes} bytes)")
+
+    @property
+    def largest_request_bytes(self) -> int:
+        """text and prompt_text at max_text_chars (4 bytes a character at most), prompt speech
+        tokens at 5 bytes (varint), 1 KiB for the rest."""
+        return 2 * 4 * self.max_text_chars + 5 * self.max_prompt_speech_tokens + 1024
