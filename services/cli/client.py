@@ -85,7 +85,7 @@ def gateway_channel(address: str, connection: Connection | None = None) -> Itera
             # only the channel state tells them apart.
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not _is_connected(channel):
                 hint = " over TLS (a TLS port? a certificate --tls-ca signed, for this host?)" if connection.uses_tls else ""
-                raise CliError(f"cannot reach the gateway at {address}{hint} ({code.name})") from None
+                raise CliError(f"{code.name}: cannot reach the gateway at {address}{hint}") from None
             if code == grpc.StatusCode.UNAUTHENTICATED:  # the gateway's message names the metadata
                 raise CliError(f"{code.name}: {error.details()} (--api-key or COSYVOICE_API_KEY)") from None
             raise CliError(f"{code.name}: {in_flag_names(error.details() or '')}") from None

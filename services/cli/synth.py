@@ -1,21 +1,23 @@
 """`cosyvoice synth "text" -o out.wav`: synthesize through a running gateway into a WAV file.
 
 A client only: grpc and the generated stubs, no torch; the helpers it shares with
-`cosyvoice speakers` are in services/cli/client.py.
+`cosyvoice speakers` are in services/cli/client.py, the WAV writing in wav_output.py.
+Every failure is one stderr line (`cosyvoice synth: CODE: message` for the gateway's),
+exit 1, and no new file.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import stat
+import sys
 import time
-import wave
-from typing import BinaryIO, Sequence
+from typing import Sequence
+
+import grpc
 
 from services.cli import connection as connection_flags
-from services.cli.client import DEFAULT_ADDRESS, CliError, gateway_channel, read_input, run_cli
+from services.cli.client import DEFAULT_ADDRESS, CliError, gateway_channel, in_flag_names, read_input, run_cli
+from services.cli.wav_output import WavOutput, open_output
 from services.common.pb import tts_pb2, tts_pb2_grpc
 
 SYNTH_TIMEOUT_SECONDS = 600.0
@@ -25,58 +27,6 @@ MODES = {
     "cross_lingual": tts_pb2.SYNTHESIS_MODE_CROSS_LINGUAL,
     "instruct2": tts_pb2.SYNTHESIS_MODE_INSTRUCT2,
 }
-
-
-class WavSink:
-    """16-bit mono PCM into a WAV file, chunk by chunk as they arrive. The file is opened
-    up front (an unwritable path fails before any synthesis) and removed if the call fails,
-    so an error never leaves a truncated WAV behind."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.num_samples = 0
-        self.sample_rate = 0
-        self._wav: wave.Wave_write | None = None
-        try:
-            self._file: BinaryIO = open(path, "wb")
-        except OSError as error:
-            raise CliError(f"cannot write {path!r}: {error.strerror or error}") from None
-
-    def write(self, response: tts_pb2.SynthesizeResponse) -> None:
-        if self._wav is None:  # the header needs the rate, which the first response carries
-            self.sample_rate = response.sample_rate
-            self._wav = wave.open(self._file, "wb")
-            self._wav.setnchannels(1)
-            self._wav.setsampwidth(2)
-            self._wav.setframerate(self.sample_rate)
-        elif response.sample_rate != self.sample_rate:
-            raise CliError(f"the sample rate changed mid-stream ({self.sample_rate} -> {response.sample_rate})")
-        try:
-            self._wav.writeframes(response.audio)
-            self._file.flush()  # each chunk lands on disk as it arrives
-        except OSError as error:
-            raise CliError(f"cannot write {self.path!r}: {error.strerror or error}") from None
-        self.num_samples += len(response.audio) // 2
-
-    def finish(self) -> None:
-        if self._wav is None:
-            raise CliError("the gateway returned no audio")
-        try:
-            self._wav.close()  # patches the header's sizes
-            self._file.close()
-        except OSError as error:
-            raise CliError(f"cannot write {self.path!r}: {error.strerror or error}") from None
-
-    def discard(self) -> None:
-        if self._wav is not None:  # closed first: its __del__ would later write to a closed file
-            with contextlib.suppress(Exception):
-                self._wav.close()
-            self._wav = None
-        with contextlib.suppress(Exception):
-            self._file.close()
-        with contextlib.suppress(OSError):
-            if stat.S_ISREG(os.stat(self.path).st_mode):  # never unlink -o /dev/null or a FIFO
-                os.unlink(self.path)
 
 
 def build_request(args: argparse.Namespace) -> tts_pb2.SynthesizeRequest:
@@ -89,7 +39,7 @@ def build_request(args: argparse.Namespace) -> tts_pb2.SynthesizeRequest:
     # The gateway rejects speed with stream=true (as the reference): change speed, get one message.
     stream = args.speed is None or args.speed == 1.0
     request = tts_pb2.SynthesizeRequest(
-        text=args.text, encoding=tts_pb2.AUDIO_ENCODING_PCM_S16LE, stream=stream,
+        text=read_text(args.text), encoding=tts_pb2.AUDIO_ENCODING_PCM_S16LE, stream=stream,
         instruct_text=args.instruct or "",
     )
     if args.prompt_audio is not None:
@@ -108,24 +58,53 @@ def build_request(args: argparse.Namespace) -> tts_pb2.SynthesizeRequest:
     return request
 
 
+def read_text(value: str) -> str:
+    """The TEXT argument; `-` reads UTF-8 text from stdin."""
+    if value != "-":
+        return value
+    try:
+        text = sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CliError(f"the text on stdin is not UTF-8 ({error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise CliError(f"cannot read the text from stdin: {error.strerror or error}") from None
+    if not text.strip():
+        raise CliError("no text on stdin (TEXT is -)")
+    return text.strip()
+
+
+def _broken_stream(error: grpc.RpcError, sink: WavOutput) -> CliError:
+    """An error after audio has arrived: a gateway that died mid-stream is not one that
+    cannot be reached, whatever the channel's state says now."""
+    code = error.code()
+    details = in_flag_names(error.details() or "") or "no details"
+    return CliError(f"{code.name}: the stream broke after {sink.audio_seconds:.2f} s of audio ({details})")
+
+
 def synthesize_to_wav(address: str, request: tts_pb2.SynthesizeRequest, out_path: str,
                       timeout: float = SYNTH_TIMEOUT_SECONDS,
                       connection: connection_flags.Connection | None = None) -> dict[str, float]:
-    """Write the audio into `out_path`; returns time to first audio, wall time, audio seconds, RTF."""
-    sink = WavSink(out_path)
+    """Write the audio into `out_path` (`-`: stdout); returns time to first audio, wall time,
+    audio seconds, RTF. On any failure nothing is left at `out_path` that was not there before."""
+    sink = open_output(out_path)
     started = time.perf_counter()
     first_audio: float | None = None
     try:
         with gateway_channel(address, connection) as channel:
-            for response in tts_pb2_grpc.TextToSpeechStub(channel).Synthesize(request, timeout=timeout):
-                first_audio = first_audio if first_audio is not None else time.perf_counter() - started
-                sink.write(response)
+            try:
+                for response in tts_pb2_grpc.TextToSpeechStub(channel).Synthesize(request, timeout=timeout):
+                    first_audio = first_audio if first_audio is not None else time.perf_counter() - started
+                    sink.write(response.sample_rate, response.audio)
+            except grpc.RpcError as error:
+                if sink.data_bytes:
+                    raise _broken_stream(error, sink) from None
+                raise  # gateway_channel tells an unreachable gateway from the gateway's own errors
         sink.finish()
     except BaseException:
         sink.discard()
         raise
     wall = time.perf_counter() - started
-    audio_seconds = sink.num_samples / sink.sample_rate if sink.sample_rate else 0.0
+    audio_seconds = sink.audio_seconds
     return {
         "time_to_first_audio_seconds": first_audio if first_audio is not None else wall,
         "wall_seconds": wall,
@@ -143,10 +122,12 @@ def _seed(value: str) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cosyvoice synth", description=__doc__.split("\n\n")[0])
-    p.add_argument("text", help="text to speak")
+    p.add_argument("text", help="text to speak; - reads it (UTF-8) from stdin")
     p.add_argument("-o", "--output", required=True, metavar="OUT.wav",
-                   help="WAV file to write (16-bit mono), chunk by chunk as streamed audio arrives; "
-                        "removed again if the call fails")
+                   help="WAV file to write (16-bit mono). It is written under a temporary name beside it and "
+                        "renamed when the call succeeds, so a failed call leaves no file and keeps an older one. "
+                        "- streams the WAV to stdout as the audio arrives (header sizes 0xFFFFFFFF, the streaming "
+                        "convention, patched when stdout is a file); messages then go to stderr")
     p.add_argument("--address", default=DEFAULT_ADDRESS, help=f"gateway host:port (default {DEFAULT_ADDRESS})")
     p.add_argument("--mode", choices=list(MODES),
                    help="inference mode (default: the gateway picks: instruct2 with --instruct, zero_shot for "
@@ -177,9 +158,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         stats = synthesize_to_wav(args.address, request, args.output, connection=connection_flags.from_args(args))
         delivery = "streamed" if request.stream else "one message (speed needs stream=false)"
         print(
-            f"wrote {args.output}: {stats['audio_seconds']:.2f} s of audio, {delivery}; "
-            f"time to first audio {stats['time_to_first_audio_seconds'] * 1000:.0f} ms; "
-            f"real-time factor {stats['real_time_factor']:.3f}"
+            f"wrote {'stdout' if args.output == '-' else args.output}: {stats['audio_seconds']:.2f} s of audio, "
+            f"{delivery}; time to first audio {stats['time_to_first_audio_seconds'] * 1000:.0f} ms; "
+            f"real-time factor {stats['real_time_factor']:.3f}",
+            file=sys.stderr if args.output == "-" else sys.stdout,  # stdout carries the audio
         )
 
     run_cli("cosyvoice synth", body)

@@ -126,7 +126,7 @@ async def test_errors_before_any_gateway_call(tmp_path):
         cosyvoice("speakers", "add", "x", "--prompt-text", "Hi."),
         cosyvoice("speakers", "export", "x.pt", "--schema", "nope"),
     )
-    assert_error(runs[0], "cosyvoice speakers: cannot reach the gateway at 127.0.0.1:1 (UNAVAILABLE)")
+    assert_error(runs[0], "cosyvoice speakers: UNAVAILABLE: cannot reach the gateway at 127.0.0.1:1")
     assert_error(runs[1], f"cosyvoice speakers: cannot read prompt audio {missing!r}: No such file or directory")
     assert_error(runs[2], f"cosyvoice speakers: cannot read speaker file {str(tmp_path / 'missing.pt')!r}: "
                           "No such file or directory")
