@@ -76,6 +76,15 @@ async def test_each_other_field_out_of_range_is_refused_naming_it(llm, request_f
     assert error.details().startswith(details)
 
 
+async def test_a_text_over_the_position_budget_names_text(llm):
+    # 100 emoji are 400 tokens with the tiny tokenizer: over max_model_len 256 with SOS and TASK_ID.
+    error = await _generate_error(llm.host.address, llm_pb2.GenerateRequest(text="\N{GRINNING FACE}" * 100))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == (
+        "text: the prompt needs 402 positions (text, prompt text and prompt speech tokens), more than max_model_len 256"
+    )
+
+
 async def test_a_bistream_start_is_checked_the_same_way(llm):
     start = llm_pb2.BistreamStart(request_id="r" * 129)
     bad_sampling = llm_pb2.BistreamStart(sampling=llm_pb2.SamplingParams(max_token_text_ratio=1e30))

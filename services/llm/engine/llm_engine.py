@@ -78,7 +78,8 @@ class LLMEngine:
         max_len = self.config.max_model_len
         if prompt.num_positions > max_len:
             raise PromptError(
-                f"prompt needs {prompt.num_positions} positions, more than max_model_len {max_len}"
+                f"text: the prompt needs {prompt.num_positions} positions (text, prompt text and prompt "
+                f"speech tokens), more than max_model_len {max_len}"
             )
         min_tokens, max_tokens = length_limits(
             prompt.num_target_text_tokens, params.min_token_text_ratio, params.max_token_text_ratio
