@@ -16,6 +16,7 @@ commands:
   serve {llm,flow,vocoder,frontend,gateway} [flags]
                                             run one service (flags or COSYVOICE_<SERVICE>_* env vars)
   up [--model-dir DIR] [--device cpu|cuda] [--port 50051] [--metrics-port 9400] [--metrics-host H]
+     [--host H] [--internal-host H] [--tls-cert PEM --tls-key PEM] [--api-keys-file FILE]
                                             run the whole stack locally as five processes
   synth TEXT -o OUT.wav [--mode M] [--speaker ID | --prompt-audio FILE [--prompt-text TEXT]]
         [--instruct TEXT] [--speed X] [--no-text-frontend] [--seed N] [--address HOST:PORT]
@@ -27,6 +28,8 @@ commands:
   speakers export FILE [--schema official|async] [--name NAME ...]
                                             write registered voices as a spk2info.pt file
                                             (every speakers command takes --address HOST:PORT)
+                                            synth, speakers: --tls-ca PEM, --api-key KEY; health:
+                                            --tls-ca PEM (docs/security.md)
   bench [options]                           load-test the gateway against the in-process monolith
   bench voices [options]                    registered speaker vs inline prompt: time to first audio
   make-tiny-model OUT_DIR [--seed N] [--no-presets] [--full-size] [--force]
