@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""Soak: N concurrent synthesis streams for T minutes; errors by status code, time to first
+audio, and the resident memory (RSS) of every process of the stack over time.
+
+    python scripts/soak.py --duration 30 --streams 16 [--model-dir DIR] [--json soak.json]
+    python scripts/soak.py --address HOST:PORT --up-pid PID ...       # a running `cosyvoice up`
+    python scripts/soak.py --address HOST:PORT --pid gateway=PID --pid llm=PID ...
+
+Without --address it starts `cosyvoice up --port 0 --metrics-port 0 --speaker-db :memory:`
+(the tiny random-weight model unless --model-dir), logs its stderr to --stack-log, and stops
+it at the end. Each stream sends one request after another, rotating over short and medium
+texts and the voices: every preset speaker (sft) and, when there is a prompt recording (the
+model directory's prompt_sample.wav on an own stack, or --prompt-audio/--prompt-text), a
+speaker registered from it (zero_shot). Requests still running at the end are cancelled and
+counted as cut off, not as errors.
+
+RSS comes from /proc/PID/statm every --sample-interval seconds (no psutil). Growth compares
+the floor (lowest RSS) of the last fifth of the samples after the warm-up with that of the
+first fifth (--warmup minutes; default 10 % of the duration, at most 2; give a warm-up longer
+than a request takes under this load). Exit status 1 when a request failed, a process went
+away, or a growth is above --max-growth percent. --json has every sample, for a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+import grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts.soak_report import Tally, format_report, summarize  # noqa: E402
+from services.common.pb import speakers_pb2, speakers_pb2_grpc, tts_pb2, tts_pb2_grpc  # noqa: E402
+from services.common.server import CHANNEL_OPTIONS  # noqa: E402
+
+SERVICES = ("gateway", "llm", "flow", "vocoder", "frontend")
+_UP_LINE = re.compile(r"^(gateway|llm|flow|vocoder|frontend) (\S+:\d+) \(metrics \S+\)")
+TEXTS = [
+    "Hi there.",
+    "Good morning, how are you?",
+    "The weather today is mild, with a light breeze from the west and some sun later on.",
+    "Thank you.",
+    "Please leave a message after the tone, and we will call you back as soon as we can.",
+]
+SOAK_SPEAKER = "soak-voice"
+REQUEST_TIMEOUT_SECONDS = 600.0
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of `pid`, or None once it has gone away."""
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * PAGE_BYTES
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def services_under(parent: int) -> dict[str, int]:
+    """The services among `parent`'s children, by the `serve NAME` in their command lines.
+    `up` starts each through a launcher that execs the service, so they are direct children."""
+    found: dict[str, int] = {}
+    for children in Path(f"/proc/{parent}/task").glob("*/children"):
+        for pid in children.read_text().split():
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"serve" in argv[:-1]:
+                found[argv[argv.index(b"serve") + 1].decode()] = int(pid)
+    return found
+
+
+class OwnStack:
+    """`cosyvoice up` on free ports with an in-memory speaker registry."""
+
+    def __init__(self, model_dir: Path | None, log_path: Path) -> None:
+        command = [sys.executable, "-m", "services.cli.main", "up", "--port", "0", "--metrics-port", "0",
+                   "--speaker-db", ":memory:", *(["--model-dir", str(model_dir)] if model_dir else [])]
+        self.log_path = log_path
+        with open(log_path, "w") as log:  # the child holds its own descriptor
+            self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
+        addresses: dict[str, str] = {}
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if match := _UP_LINE.match(line):
+                addresses[match.group(1)] = match.group(2)
+            if line.startswith("ready"):
+                break
+        else:
+            raise SystemExit(f"soak: cosyvoice up exited before it was ready (code {self.process.wait()}); "
+                             f"see {log_path}")
+        stdout = self.process.stdout  # keep reading, so `up` never blocks on a full pipe
+        threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()
+        self.address = addresses["gateway"]
+        self.pids = services_under(self.process.pid)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def voices(channel: grpc.Channel, prompt: tuple[bytes, str] | None) -> list[tuple[int, str]]:
+    """(mode, speaker) pairs: every preset, and a speaker registered from `prompt`."""
+    stub = speakers_pb2_grpc.SpeakersStub(channel)
+    listed = stub.ListSpeakers(speakers_pb2.ListSpeakersRequest(), timeout=60)
+    found = [(tts_pb2.SYNTHESIS_MODE_SFT, s.name) for s in listed.speakers if s.preset]
+    if prompt is not None:
+        audio, text = prompt
+        stub.RegisterSpeaker(speakers_pb2.RegisterSpeakerRequest(
+            name=SOAK_SPEAKER, prompt=tts_pb2.PromptAudio(audio=audio, text=text)), timeout=120)
+        found.append((tts_pb2.SYNTHESIS_MODE_ZERO_SHOT, SOAK_SPEAKER))
+    if not found:
+        raise SystemExit("soak: the model has no preset speakers; give --prompt-audio and --prompt-text")
+    return found
+
+
+class Load:
+    """`streams` threads on one channel, each sending its next request when one ends."""
+
+    def __init__(self, channel: grpc.Channel, streams: int, voice_list: list[tuple[int, str]], tally: Tally) -> None:
+        self.stub = tts_pb2_grpc.TextToSpeechStub(channel)
+        self.voices, self.tally = voice_list, tally
+        self.stopping = threading.Event()
+        self.calls: list[grpc.Future | None] = [None] * streams
+        self.lock = threading.Lock()  # between a stream storing its call and `stop` cancelling it
+        self.threads = [threading.Thread(target=self._stream, args=(i,), daemon=True) for i in range(streams)]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def _request(self, n: int) -> tts_pb2.SynthesizeRequest:
+        mode, speaker = self.voices[n % len(self.voices)]
+        text = TEXTS[(n // len(self.voices)) % len(TEXTS)]
+        return tts_pb2.SynthesizeRequest(text=text, speaker_id=speaker, mode=mode, stream=True,
+                                          encoding=tts_pb2.AUDIO_ENCODING_PCM_S16LE)
+
+    def _stream(self, index: int) -> None:
+        n = index  # streams start at different places in the rotation
+        while True:
+            request = self._request(n)
+            n += len(self.threads)
+            with self.lock:
+                if self.stopping.is_set():
+                    return
+                call = self.stub.Synthesize(request, timeout=REQUEST_TIMEOUT_SECONDS)
+                self.calls[index] = call
+            started, first, audio_seconds = time.perf_counter(), None, 0.0
+            try:
+                for response in call:
+                    if first is None and response.audio:
+                        first = time.perf_counter() - started
+                    audio_seconds += len(response.audio) / 2 / max(response.sample_rate, 1)
+                self.tally.succeeded(first, audio_seconds)
+            except grpc.RpcError as error:
+                if self.stopping.is_set() and error.code() == grpc.StatusCode.CANCELLED:
+                    self.tally.cut_off()
+                else:
+                    self.tally.failed(error.code().name, error.details() or "")
+            except Exception as error:  # a client-side bug must show in the report, not kill the stream
+                self.tally.failed("CLIENT_EXCEPTION", repr(error))
+
+    def stop(self) -> None:
+        with self.lock:  # no stream starts a request after this
+            self.stopping.set()
+            for call in self.calls:
+                if call is not None:
+                    call.cancel()
+        for thread in self.threads:
+            thread.join()
+
+
+def sample_until(deadline: float, started: float, interval: float, pids: dict[str, int],
+                 samples: list[dict], tally: Tally, report_every: float) -> None:
+    """One RSS sample per interval (the last at the deadline), and a progress line every
+    `report_every` seconds. Ctrl-C ends the soak early, with the report of what ran."""
+    next_report = started + report_every
+    while True:
+        now = time.monotonic()
+        samples.append({"t": round(now - started, 3), "rss": {name: rss_bytes(pid) for name, pid in pids.items()}})
+        if now >= next_report:
+            rss = " ".join(f"{name} {(b or 0) / 1e6:.0f}" for name, b in samples[-1]["rss"].items())
+            print(f"[{(now - started) / 60:5.1f} min] {tally.progress()}; RSS MB: {rss}", flush=True)
+            next_report += report_every
+        if now >= deadline:
+            return
+        try:
+            time.sleep(min(interval, deadline - now))  # the sampling interval is the measurement
+        except KeyboardInterrupt:
+            print("soak: interrupted; stopping the load", file=sys.stderr, flush=True)
+            deadline = now  # one last sample, then the report
+
+
+def parse_pids(values: Sequence[str]) -> dict[str, int]:
+    pids = {}
+    for value in values:
+        name, _, pid = value.partition("=")
+        if name not in SERVICES or not pid.isdigit():
+            raise SystemExit(f"soak: --pid {value!r}: expected NAME=PID with NAME one of {', '.join(SERVICES)}")
+        pids[name] = int(pid)
+    return pids
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=30.0, help="minutes of load (float; default 30)")
+    p.add_argument("--streams", type=int, default=16, help="concurrent synthesis streams (default 16)")
+    p.add_argument("--warmup", type=float, default=None, help="minutes before the growth baseline "
+                   "(default 10 %% of --duration, at most 2)")
+    p.add_argument("--max-growth", type=float, default=5.0, help="RSS floor growth after the warm-up that fails, in %% (default 5)")
+    p.add_argument("--sample-interval", type=float, default=10.0, help="seconds between RSS samples (default 10)")
+    p.add_argument("--report-every", type=float, default=1.0, help="minutes between progress lines (default 1)")
+    p.add_argument("--model-dir", type=Path, help="for the stack this starts (default: the tiny model)")
+    p.add_argument("--stack-log", type=Path, help="its stderr (default: a file in the temp directory)")
+    p.add_argument("--address", help="a running gateway instead of starting a stack")
+    p.add_argument("--up-pid", type=int, help="with --address: watch the services of this `cosyvoice up`")
+    p.add_argument("--pid", action="append", default=[], metavar="NAME=PID", help="with --address: a process to watch")
+    p.add_argument("--prompt-audio", type=Path, help="a recording to register a zero_shot speaker from")
+    p.add_argument("--prompt-text", default="", help="its transcript")
+    p.add_argument("--json", type=Path, help="write the result and every sample here")
+    args = p.parse_args(argv)
+    if args.streams < 1 or args.duration <= 0 or args.sample_interval <= 0:
+        raise SystemExit("soak: --streams, --duration and --sample-interval must be positive")
+    warmup = args.warmup if args.warmup is not None else min(2.0, args.duration / 10)
+
+    stack = None
+    if args.address:
+        address, pids = args.address, {**(services_under(args.up_pid) if args.up_pid else {}), **parse_pids(args.pid)}
+    else:
+        log = args.stack_log or Path(tempfile.mkstemp(prefix="soak-stack-", suffix=".log")[1])
+        print(f"soak: starting cosyvoice up (its log: {log})", flush=True)
+        stack = OwnStack(args.model_dir, log)
+        address, pids = stack.address, stack.pids
+        if sorted(pids) != sorted(SERVICES):
+            print(f"soak: found only {', '.join(pids) or 'no'} services under cosyvoice up", file=sys.stderr)
+    pids = {name: pids[name] for name in SERVICES if name in pids}  # report in up's order, gateway first
+    if not pids:
+        print("soak: watching no process's memory (give --up-pid or --pid NAME=PID)", file=sys.stderr)
+    prompt_file, prompt_text = args.prompt_audio, args.prompt_text
+    if prompt_file is None and stack is not None:  # an own stack's registry is in memory: free to register in
+        from services.cli.up import DEFAULT_TINY_DIR
+
+        model_dir = args.model_dir or DEFAULT_TINY_DIR
+        if (model_dir / "prompt_sample.wav").is_file():
+            prompt_file = model_dir / "prompt_sample.wav"
+            prompt_text = (model_dir / "prompt_sample.txt").read_text().strip()
+    tally, samples = Tally(), []
+    try:
+        with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+            try:
+                voice_list = voices(channel, (prompt_file.read_bytes(), prompt_text) if prompt_file else None)
+            except grpc.RpcError as error:
+                raise SystemExit(f"soak: setting up the voices at {address}: {error.code().name}: {error.details()}")
+            print(f"soak: {args.streams} streams for {args.duration:g} min against {address}; voices "
+                  f"{', '.join(name for _, name in voice_list)}; watching {', '.join(f'{n} {pid}' for n, pid in pids.items())}",
+                  flush=True)
+            load = Load(channel, args.streams, voice_list, tally)
+            started = time.monotonic()
+            load.start()
+            try:
+                sample_until(started + args.duration * 60, started, args.sample_interval, pids, samples, tally,
+                             args.report_every * 60)
+            finally:
+                load.stop()
+                if stack is None and prompt_file is not None:  # leave a running stack's registry as it was
+                    speakers_pb2_grpc.SpeakersStub(channel).DeleteSpeaker(
+                        speakers_pb2.DeleteSpeakerRequest(name=SOAK_SPEAKER), timeout=60)
+    finally:
+        if stack is not None:
+            stack.stop()
+    result = summarize(tally, samples, warmup * 60, args.max_growth)
+    result["config"] = {"address": address, "streams": args.streams, "duration_minutes": args.duration,
+                        "warmup_minutes": warmup, "max_growth_pct": args.max_growth, "pids": pids,
+                        "own_stack": stack is not None, "model_dir": str(args.model_dir or "")}
+    print(format_report(result), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    raise SystemExit(0 if result["passed"] else 1)
+
+
+if __name__ == "__main__":
+    main()
