@@ -70,6 +70,14 @@ async def test_a_call_without_a_known_key_is_unauthenticated_and_counted(stack):
         request = cosyvoice_pb2.Request(sft_request=cosyvoice_pb2.sftRequest(spk_id="x", tts_text="Hi."))
         error = await refusal(_drain(stub.Inference(request, timeout=30)))
     assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED, MISSING_KEY)
+    # A bidirectional stream too: refused before any text is read.
+    async with grpc.aio.insecure_channel(stack.address) as channel:
+        stub = tts_pb2_grpc.TextToSpeechStub(channel)
+        text_stream = stub.SynthesizeTextStream(iter([tts_pb2.TextStreamRequest(text="Hi.")]),
+                                                metadata=bearer("not-a-key"), timeout=30)
+        error = await refusal(_drain(text_stream))
+    assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED, UNKNOWN_KEY)
+    assert handled(stack, "SynthesizeTextStream", "UNAUTHENTICATED") == 1
 
 
 async def _drain(stream) -> None:  # noqa: ANN001
