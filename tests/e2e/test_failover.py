@@ -60,6 +60,9 @@ def replicated_processes(model_dir):
         flows = [_start("flow", ["--host", host, "--port", str(port), *common], env, 300)
                  for host in ("127.0.0.2", "127.0.0.3")]
         children += flows
+        # Both SERVING before any traffic: the gateway is ready once one replica is, and a
+        # replica still loading would leave every stream on the other one.
+        assert all(wait_serving(f.address, 300) for f in flows), "a flow replica never reported SERVING"
         by_name = {c.name: c.address for c in children}
         gateway = _start("gateway", [
             "--port", "0", "--metrics-port", "0", "--speaker-db", ":memory:", "--llm-addr", by_name["llm"],
@@ -110,7 +113,8 @@ def test_killing_one_replica_fails_only_its_streams(tiny_model_dir):
             assert time.monotonic() < deadline, "the streams never all reached the flow stage"
             time.sleep(0.05)
         sessions = [int(_gauge(f.metrics_address, SESSIONS)) for f in flows]
-        victim = max(range(2), key=lambda i: sessions[i])  # round robin spreads them; kill the busier one
+        assert all(sessions), f"round robin left a replica idle: {sessions}"
+        victim = max(range(2), key=lambda i: sessions[i])  # kill the busier one
         flows[victim].process.send_signal(signal.SIGKILL)
         flows[victim].process.wait()
         release.set()
