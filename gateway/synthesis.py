@@ -172,7 +172,10 @@ class Synthesizer:
         elif mode is Mode.INSTRUCT2:
             llm_text = instruction(options.instruct_text)
         if not text_stream:  # a text stream's pieces are counted as they come (piece_check)
-            await self.budget.check_segments(segments, llm_text, len(llm_tokens), options.text_field, timeout)
+            prompt_field = "instruct_text" if mode is Mode.INSTRUCT2 else f"{options.voice.field}.text"
+            await self.budget.check_segments(
+                segments, llm_text, len(llm_tokens), options.text_field, timeout, prompt_field
+            )
         flow_prompt = voice.embedding_only() if mode is Mode.SFT else voice.prompt
         request_id = uuid.uuid4().hex[:16]
         job = SynthesisJob(

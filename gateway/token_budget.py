@@ -36,17 +36,22 @@ class TokenBudget:
         self.llm = llm
         self.counter = counter
         self.timeout = timeout
-        self._max_model_len: int | None = None  # asked once; every LLM replica shares the setting
+        self._limits: llm_pb2.LLMLimits | None = None  # asked once; every LLM replica shares its settings
 
-    async def max_model_len(self, timeout: float | None = None) -> int:
-        if self._max_model_len is None:
+    async def limits(self, timeout: float | None = None) -> llm_pb2.LLMLimits:
+        if self._limits is None:
             deadline = self.timeout if timeout is None else min(timeout, self.timeout)
             try:
-                limits = await self.llm.GetLimits(llm_pb2.GetLimitsRequest(), timeout=deadline)
+                self._limits = await self.llm.GetLimits(llm_pb2.GetLimitsRequest(), timeout=deadline)
             except grpc.aio.AioRpcError as error:
                 raise upstream_error("llm", error) from None
-            self._max_model_len = limits.max_model_len
-        return self._max_model_len
+        return self._limits
+
+    async def _check_prompt_chars(self, prompt_text: str, prompt_field: str, timeout: float | None) -> None:
+        """A transcript longer than the LLM takes is refused here, naming the caller's field."""
+        limit = (await self.limits(timeout)).max_text_chars
+        if len(prompt_text) > limit:
+            raise InvalidRequest(f"{prompt_field}: {len(prompt_text)} characters exceed the limit of {limit}")
 
     def _room(self, max_model_len: int, prompt_text_tokens: int, prompt_speech_tokens: int) -> int:
         """How many text tokens one LLM call may carry with this voice."""
@@ -54,14 +59,14 @@ class TokenBudget:
 
     async def check_segments(
         self, segments: Sequence[str], prompt_text: str, prompt_speech_tokens: int, field: str,
-        timeout: float | None = None,
+        timeout: float | None = None, prompt_field: str = "prompt.text",
     ) -> None:
         """Every segment (one LLM call each) fits with the voice's prompt; else INVALID_ARGUMENT
         naming `field` with both numbers."""
-        max_model_len = await self.max_model_len(timeout)
-        counts = await self.counter.count_tokens([prompt_text, *segments], timeout)
-        room = self._room(max_model_len, counts[0], prompt_speech_tokens)
-        for index, count in enumerate(counts[1:]):
+        await self._check_prompt_chars(prompt_text, prompt_field, timeout)
+        prompt_tokens, *counts = await self.counter.count_tokens([prompt_text, *segments], timeout)
+        room = self._room((await self.limits(timeout)).max_model_len, prompt_tokens, prompt_speech_tokens)
+        for index, count in enumerate(counts):
             if count > room:
                 which = "" if len(segments) == 1 else f" sentence {index + 1} of {len(segments)} has"
                 raise InvalidRequest(
@@ -69,12 +74,12 @@ class TokenBudget:
                 )
 
     async def piece_check(self, prompt_text: str, prompt_speech_tokens: int, field: str = "text",
-                          timeout: float | None = None) -> PieceCheck:
+                          timeout: float | None = None, prompt_field: str = "prompt.text") -> PieceCheck:
         """A check of a text stream's pieces as they arrive (one LLM call: all of them
         together must fit); it answers the problem, or None."""
-        max_model_len = await self.max_model_len(timeout)
+        await self._check_prompt_chars(prompt_text, prompt_field, timeout)
         prompt_tokens = (await self.counter.count_tokens([prompt_text], timeout))[0] if prompt_text else 0
-        room = self._room(max_model_len, prompt_tokens, prompt_speech_tokens)
+        room = self._room((await self.limits(timeout)).max_model_len, prompt_tokens, prompt_speech_tokens)
         total = 0
 
         async def check(piece: str) -> str | None:

@@ -8,6 +8,7 @@ one emoji, so 2,000 characters of emoji are 8,000 tokens."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 import grpc
 import pytest
@@ -78,6 +79,25 @@ async def test_a_voice_prompt_takes_its_share_of_the_budget(stack, tiny_model_di
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == f"text: 160 tokens after the text frontend; at most {room} fit with this voice"
     assert _llm_calls(stack) == 0
+
+
+async def test_one_sentence_over_the_budget_in_a_split_text_is_named(stack):
+    text = LONG_TEXT + " " + "abcdefgh" * 100 + "."
+    error = await _synthesize_error(stack.address, tts_pb2.SynthesizeRequest(text=text, seed=1))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert re.fullmatch(
+        rf"text: sentence (\d+) of (\d+) has (\d+) tokens after the text frontend; at most {ROOM} fit with this voice",
+        error.details(),
+    ), error.details()
+    assert _llm_calls(stack) == 0  # nothing starts when one sentence cannot
+
+
+async def test_a_transcript_longer_than_the_llm_takes_is_named(stack, tiny_model_dir):
+    audio, _ = prompt_sample(tiny_model_dir)
+    error = await _synthesize_error(stack.address, tts_pb2.SynthesizeRequest(
+        text="Hello.", text_frontend=False, prompt=tts_pb2.PromptAudio(audio=audio, text="x" * 4001)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "prompt.text: 4001 characters exceed the limit of 4000"
 
 
 async def test_a_long_text_split_into_sentences_is_checked_per_call_and_spoken(stack):
