@@ -117,8 +117,12 @@ class StdoutOutput(WavOutput):
     """`-o -`: the WAV stream on stdout. Nothing else may be written there in this mode."""
 
     def __init__(self) -> None:
-        sys.stdout.flush()
-        fd = os.dup(sys.stdout.fileno())  # closed at the end without closing the interpreter's stdout
+        if sys.stdout is not None:  # None when started with stdout closed (>&-)
+            sys.stdout.flush()
+        try:
+            fd = os.dup(1)  # closed at the end without closing the interpreter's stdout
+        except OSError as error:
+            raise CliError(f"cannot write stdout: {error.strerror or error}") from None
         if os.isatty(fd):
             os.close(fd)
             raise CliError("-o - writes binary audio; redirect stdout to a file or pipe it to a player, "

@@ -88,9 +88,12 @@ def test_errors_before_audio_leave_no_file_and_keep_an_older_one(stack, tmp_path
         fresh = list(pool.map(lambda case: cosyvoice("synth", *case[0], "-o", str(tmp_path / "new.wav"),
                                                        stdin=case[1]), cases))
         over_old = list(pool.map(lambda case: cosyvoice("synth", *case[0], "-o", str(old), stdin=case[1]), cases))
-    for (_, _, line), first, second in zip(cases, fresh, over_old):
+        to_stdout = list(pool.map(lambda case: cosyvoice("synth", *case[0], "-o", "-", stdin=case[1]), cases))
+    for (_, _, line), first, second, piped in zip(cases, fresh, over_old, to_stdout):
         assert_one_line(first, f"cosyvoice synth: {line}")
         assert_one_line(second, f"cosyvoice synth: {line}")
+        assert_one_line(piped, f"cosyvoice synth: {line}")
+        assert piped.stdout == b""  # no header before the first audio: a player gets nothing, not a stub
     unwritable = [
         (str(tmp_path / "dir"), "Is a directory"),
         (str(tmp_path / "missing" / "out.wav"), "No such file or directory"),
