@@ -54,7 +54,7 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-WINDOW = 0.2  # of the samples after the warm-up: the first and the last fifth are compared
+WINDOW = 0.2  # of the samples after the warm-up: the first and the last fifth (at least 3) are compared
 
 
 def memory(samples: list[dict], warmup_seconds: float) -> dict[str, dict[str, Any]]:
@@ -70,7 +70,7 @@ def memory(samples: list[dict], warmup_seconds: float) -> dict[str, dict[str, An
     for name in names:
         series = [sample["rss"].get(name) for sample in samples]
         after = [value for value in series[baseline_at:] if value is not None]
-        window = max(1, round(len(after) * WINDOW))
+        window = min(len(after), max(3, round(len(after) * WINDOW)))  # one sample could be a peak
         first_floor, last_floor = (min(after[:window]), min(after[-window:])) if after else (None, None)
         found[name] = {
             "warm_rss": series[baseline_at],
