@@ -1,8 +1,10 @@
 """The LLM's position budget, checked at the gateway before the LLM is called.
 
-A character limit does not bound tokens: 2,000 emoji are 8,000 tokens. The LLM would refuse
-such a prompt itself, but only once called and in its own words ("prompt needs 8002
-positions"), naming no field of the caller's request. So the gateway counts first:
+A character limit does not bound tokens: 2,000 emoji are 8,000 tokens. The LLM refuses such a
+prompt itself, but only once called, in its own terms (positions of its input, not the
+caller's field and what fits with this voice), and for a text split into sentences only when
+that sentence's turn comes, after the earlier ones were already spoken. So the gateway counts
+first, before any stage starts work:
 
     SOS + prompt text + text + TASK_ID + prompt speech tokens <= the LLM's max_model_len
 
