@@ -240,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.streams < 1 or args.duration <= 0 or args.sample_interval <= 0:
         raise SystemExit("soak: --streams, --duration and --sample-interval must be positive")
     warmup = args.warmup if args.warmup is not None else min(2.0, args.duration / 10)
+    # SIGTERM (timeout, kill) ends the run like Ctrl-C, so the stack this started is stopped
+    # by the finally blocks below instead of being left running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     stack = None
     if args.address:
