@@ -166,7 +166,9 @@ class SpeakersServicer(speakers_pb2_grpc.SpeakersServicer):
             raise InvalidRequest(f"schema: unknown value {request.schema}")
         if request.names:
             records = []
-            for name in request.names:
+            # A name listed twice is exported once: a table holds each speaker once, and the
+            # frontend refused the repeat as an internal error (found by the API fuzz, issue 9a).
+            for name in dict.fromkeys(request.names):
                 if name in self.voices.presets:  # they belong to the model, and would not import back
                     raise InvalidRequest(f"names: {name!r} is a preset speaker; only registered speakers are exported")
                 record = await self.voices.in_store(self.voices.store.get, name)

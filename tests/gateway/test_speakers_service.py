@@ -279,6 +279,14 @@ async def test_export_errors(stack):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details() == "schema: unknown value 7"
 
 
+async def test_a_name_listed_twice_is_exported_once(stack, sample):
+    # Found by the API fuzz: the frontend refused the repeated speaker and the caller got INTERNAL.
+    await register(stack.address, "gus", sample)
+    data = await export(stack.address, speakers_pb2.SPK2INFO_SCHEMA_OFFICIAL, ["gus", "gus"])
+    assert await import_(stack.address, data, overwrite=True) == ["gus"]
+    await delete(stack.address, "gus")
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [

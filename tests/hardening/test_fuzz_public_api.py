@@ -268,6 +268,7 @@ def test_official_inference(channel: grpc.Channel, quiet_log: None, request: cos
 @example(call=("RegisterSpeaker", speakers_pb2.RegisterSpeakerRequest(
     name="fuzz-1", prompt=tts_pb2.PromptAudio(audio=WAV, text="A tone."), overwrite=True)))
 @example(call=("ExportSpeakers", speakers_pb2.ExportSpeakersRequest()))
+@example(call=("ExportSpeakers", speakers_pb2.ExportSpeakersRequest(names=["fuzz-1", "fuzz-1"])))  # was INTERNAL
 def test_speakers(channel: grpc.Channel, quiet_log: None, call: tuple[str, Any]) -> None:
     method, request = call
     stub = speakers_pb2_grpc.SpeakersStub(channel)
