@@ -148,3 +148,11 @@ async def test_text_stream_pieces_are_counted_each_and_in_all(stack, pieces, det
     error = await _text_stream_error(stack.address, pieces)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.details() == details
+
+
+async def test_a_piece_the_frontend_cannot_count_fails_the_stream_with_the_frontend_named(tiny_model_dir):
+    async with running_stack(tiny_model_dir) as stack:
+        await stack.frontend.host.server.stop(0)  # the frontend goes away; the sft voice needs no prompt
+        error = await _text_stream_error(stack.address, ["Hello there."])
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert error.details().startswith("frontend stage: UNAVAILABLE: ")
