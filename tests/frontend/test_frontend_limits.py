@@ -55,6 +55,7 @@ async def test_count_tokens_counts_each_text_as_the_llm_tokenizes_it(frontend, t
     tokenizer = CosyVoiceTokenizer.from_dir(ModelDir.open(tiny_model_dir).tokenizer_dir)
     texts = ["", "Hello there.", "\N{GRINNING FACE}" * 3, "你好，世界"]
     async with grpc.aio.insecure_channel(frontend.host.address) as channel:
-        response = await frontend_pb2_grpc.FrontendStub(channel).CountTokens(frontend_pb2.CountTokensRequest(texts=texts))
+        request = frontend_pb2.CountTokensRequest(texts=texts)
+        response = await frontend_pb2_grpc.FrontendStub(channel).CountTokens(request)
     assert list(response.counts) == [len(tokenizer.encode(t)) for t in texts]
     assert response.counts[2] == 12
