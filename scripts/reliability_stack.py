@@ -7,7 +7,6 @@ started here is recorded so that `stop_everything` can end it whatever went wron
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
@@ -137,8 +136,11 @@ def stop_everything() -> None:
 
 
 def gauge(metrics_address: str, name: str) -> float:
-    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5) as reply:
-        match = re.search(rf"^{name} (\S+)$", reply.read().decode(), re.MULTILINE)
+    try:
+        with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5) as reply:
+            match = re.search(rf"^{name} (\S+)$", reply.read().decode(), re.MULTILINE)
+    except OSError as exc:
+        raise Failure(f"cannot read {name} from http://{metrics_address}/metrics: {exc}") from None
     if not match:
         raise Failure(f"{name} is not exported at {metrics_address}")
     return float(match.group(1))
@@ -191,7 +193,8 @@ class Up:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except FileNotFoundError:  # exited between the two reads
                 continue
-            if b"serve" in argv and argv.index(b"serve") + 1 < len(argv) and argv[argv.index(b"serve") + 1] == name.encode():
+            at = argv.index(b"serve") if b"serve" in argv else -2  # the wrapper's argv: ... serve NAME ...
+            if argv[at + 1:at + 2] == [name.encode()]:
                 return int(pid)
         raise Failure(f"no `serve {name}` process under up (pid {self.process.pid})")
 
@@ -266,6 +269,14 @@ class HealthWatch:
 
     def close(self) -> None:
         self._channel.close()
+
+
+def await_serving(address: str, timeout: float, what: str) -> None:
+    watch = HealthWatch(address)
+    try:
+        watch.first(SERVING, 0.0, timeout, what)
+    finally:
+        watch.close()
 
 
 class HeldStream:
@@ -393,6 +404,10 @@ def fmt(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.1f} ms" if value < 100 else f"{value:,.0f} ms"
+
+
+def fmt_spread(values: dict[str, float | None]) -> str:
+    return f"median {fmt(values['median_ms'])}, max {fmt(values['max_ms'])}"
 
 
 def checks_of(result: dict[str, Any]) -> list[tuple[str, bool]]:
