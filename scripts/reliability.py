@@ -72,6 +72,10 @@ def kill_stage(up: Up, health: HealthWatch, stage: str, k: int) -> dict[str, Any
         for stream in early:
             stream.release.set()
         not_serving = health.first(NOT_SERVING, killed, 60, f"the gateway's NOT_SERVING after the {stage} kill")
+        # Surely still down: up waits at least 1 s before restarting it. This one meets a gateway
+        # that knows; the one above most likely met a connection not yet seen to be reset.
+        sent = time.monotonic()
+        down_code, down_details, down_at = synthesize(up.gateway, 30)
         restarted, line = up.stderr.first(lambda said: f"cosyvoice up: {stage} restarted on" in said, killed, 120,
                                           f"up's `{stage} restarted` line")
         serving = health.first(SERVING, not_serving, 180, f"the gateway's SERVING after the {stage} restart")
@@ -95,6 +99,8 @@ def kill_stage(up: Up, health: HealthWatch, stage: str, k: int) -> dict[str, Any
         "in_flight_errors": outcomes(failed), "kill_to_in_flight_error": spread([ms(killed, s.ended) for s in failed]),
         "others_after_release": outcomes(rest),
         "new_request": {"code": new_code, "details": new_details, "kill_to_answer_ms": ms(killed, new_at)},
+        "request_at_not_serving": {"code": down_code, "details": down_details, "kill_to_sent_ms": ms(killed, sent),
+                                   "answer_ms": ms(sent, down_at)},
         "kill_to_not_serving_ms": ms(killed, not_serving), "kill_to_restarted_line_ms": ms(killed, restarted),
         "restarted_line": line.strip(), "kill_to_serving_ms": ms(killed, serving),
         "kill_to_first_synthesis_ok_ms": ms(killed, recovered), "failed_attempts_after_serving": retries,
@@ -105,6 +111,7 @@ def kill_stage(up: Up, health: HealthWatch, stage: str, k: int) -> dict[str, Any
             "streams the kill did not end finished OK": all(s.code == "OK" for s in rest),
             f"a new request while {stage} is down: UNAVAILABLE naming the {named}":
                 new_code == "UNAVAILABLE" and named in new_details,
+            "and one sent once NOT_SERVING": down_code == "UNAVAILABLE" and named in down_details,
             "the first synthesis after SERVING succeeded": not retries,
         },
     }
@@ -301,6 +308,7 @@ def report(results: dict[str, Any]) -> str:
             if "error" in r:
                 lines.append(f"  {stage}: FAILED: {r['error']}")
                 continue
+            down = r["request_at_not_serving"]
             early = f" ({r['sent_a_piece_during_outage']} sent a text piece right after the kill)" \
                 if r["sent_a_piece_during_outage"] else ""
             lines += [f"  {stage} (pid {r['pid_killed']} killed, restarted as {r['pid_after']})",
@@ -309,6 +317,8 @@ def report(results: dict[str, Any]) -> str:
                       f"    the others, released after recovery: {r['others_after_release'] or '-'}",
                       f"    new request right after the kill: {r['new_request']['code']} after "
                       f"{fmt(r['new_request']['kill_to_answer_ms'])}: {r['new_request']['details']!r}",
+                      f"    new request once NOT_SERVING ({fmt(down['kill_to_sent_ms'])} after the kill): "
+                      f"{down['code']} in {fmt(down['answer_ms'])}: {down['details']!r}",
                       f"    kill -> NOT_SERVING {fmt(r['kill_to_not_serving_ms'])}, -> `restarted` line "
                       f"{fmt(r['kill_to_restarted_line_ms'])}, -> SERVING {fmt(r['kill_to_serving_ms'])}, -> "
                       f"a synthesis sent at SERVING done OK {fmt(r['kill_to_first_synthesis_ok_ms'])} "
