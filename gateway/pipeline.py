@@ -3,9 +3,10 @@
     LLM Generate ──tokens──▶ chunk schedule ──TokenChunk──▶ flow Decode ──MelChunk──▶ vocoder Vocode ──▶ audio
 
 Three pump tasks move data between the streams through bounded queues, so a slow stage
-holds back the ones before it (backpressure) instead of letting memory grow. The first
-failure cancels everything; so does the caller going away: every upstream call is cancelled
-in `finally`, which the stages see at once and free the request's state.
+holds back the ones before it (backpressure) instead of letting memory grow; two more (three
+with streamed text) write the client-streaming calls' requests. The first failure cancels
+everything; so does the caller going away: every upstream call is cancelled and every pump
+cancelled and awaited in `finally`, which the stages see at once and free the request's state.
 """
 
 from __future__ import annotations
