@@ -20,9 +20,26 @@ from services.common.server import CHANNEL_OPTIONS
 from services.common.tls import ClientTls
 
 # Client-side health checking: round_robin only picks replicas whose Health.Watch("") says SERVING.
-SERVICE_CONFIG = json.dumps(
-    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
-)
+SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": ""},
+    # For ~50-120 ms after a replica dies, before its connection is seen reset, round robin
+    # can still pick it, and a call sent there fails UNAVAILABLE "Stream removed". gRPC retries
+    # a call only while nothing has come back from the server (not committed; what was sent is
+    # replayed from a buffer), so a new request moves to another replica, and a draining
+    # replica's UNAVAILABLE refusal does too. A stream that has had a reply is never retried:
+    # only the streams a dead replica was serving fail.
+    "methodConfig": [{
+        "name": [{}],
+        "retryPolicy": {
+            "maxAttempts": 3,
+            "initialBackoff": "0.05s",
+            "maxBackoff": "0.5s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }],
+})
 BALANCED_CHANNEL_OPTIONS = [
     *CHANNEL_OPTIONS,
     ("grpc.service_config", SERVICE_CONFIG),

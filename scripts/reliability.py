@@ -180,7 +180,11 @@ def scenario_failover(args: argparse.Namespace) -> dict[str, Any]:
             "kill_to_first_new_request_ok_ms": ms(killed, recovered), "failed_new_requests_before": retries,
             "gateway_went_not_serving": bool(dipped),
             "checks": {
-                "streams failed == sessions the killed replica held": len(failed) == sessions[victim],
+                # A stream whose flow call had had no reply yet is retried on the survivor
+                # (gateway/clients.py); one that had replies fails. None on the survivor fails.
+                "streams failed <= sessions the killed replica held": len(failed) <= sessions[victim],
+                "every stream that did not fail finished OK": all(s.code in ("OK",) for s in streams if s not in failed),
+                "a new request sent at once succeeded at the first try": not retries,
                 "failures are UNAVAILABLE naming the flow stage":
                     all(s.code == "UNAVAILABLE" and "flow stage" in s.details for s in failed),
                 "no call hung past its deadline": not hung,

@@ -25,6 +25,8 @@ from services.common.pb import tts_pb2, tts_pb2_grpc
 pytestmark = pytest.mark.slow
 SESSIONS = "cosyvoice_flow_sessions_active"
 STREAMS = 4
+PIECES = ["Hello there, this is", " the first piece of", " a text that an upstream", " language model streams",
+          " to us a few", " words at a time,", " and we speak it", " while it is still", " being written."]
 
 
 def _free_port_on(*hosts: str) -> int:
@@ -76,19 +78,36 @@ def replicated_processes(model_dir):
         stop_all(children, grace=30)
 
 
-def _stream(address: str, release: threading.Event, results: "queue.Queue[object]", seed: int) -> None:
+def _stream(address: str, release: threading.Event, heard: threading.Semaphore,
+            results: "queue.Queue[object]", seed: int) -> None:
+    """A text stream whose end is sent once `release` is set; `heard` is released at its first
+    audio, when its flow call has answered and so is bound to its replica for good."""
+
+    first_audio = threading.Event()
+
     def requests():
         yield tts_pb2.TextStreamRequest(config=tts_pb2.TextStreamConfig(seed=seed))
-        yield tts_pb2.TextStreamRequest(text="Hello there, this is the first piece of a long text")
+        for piece in PIECES[:-1]:  # piece by piece until audio comes back, as an upstream LLM would
+            yield tts_pb2.TextStreamRequest(text=piece)
+            if first_audio.wait(timeout=2):
+                break
         release.wait()
-        yield tts_pb2.TextStreamRequest(text=" and here it ends.")
+        yield tts_pb2.TextStreamRequest(text=PIECES[-1])
 
     with grpc.insecure_channel(address) as channel:
+        replies = 0
         try:
-            replies = list(tts_pb2_grpc.TextToSpeechStub(channel).SynthesizeTextStream(requests(), timeout=300))
-            results.put(("ok", len(replies)))
+            for _ in tts_pb2_grpc.TextToSpeechStub(channel).SynthesizeTextStream(requests(), timeout=300):
+                replies += 1
+                if replies == 1:
+                    first_audio.set()
+                    heard.release()
+            results.put(("ok", replies))
         except grpc.RpcError as error:
             results.put((error.code(), error.details()))
+        finally:
+            if replies == 0:
+                heard.release()  # never leave the test waiting
 
 
 def _synthesize(address: str) -> grpc.StatusCode:
@@ -103,11 +122,13 @@ def _synthesize(address: str) -> grpc.StatusCode:
 
 def test_killing_one_replica_fails_only_its_streams(tiny_model_dir):
     with replicated_processes(tiny_model_dir) as (gateway, flows):
-        release, results = threading.Event(), queue.Queue()
-        threads = [threading.Thread(target=_stream, args=(gateway.address, release, results, seed), daemon=True)
-                   for seed in range(STREAMS)]
+        release, heard, results = threading.Event(), threading.Semaphore(0), queue.Queue()
+        threads = [threading.Thread(target=_stream, args=(gateway.address, release, heard, results, seed),
+                                    daemon=True) for seed in range(STREAMS)]
         for thread in threads:
             thread.start()
+        for _ in threads:
+            assert heard.acquire(timeout=120), "a stream never produced audio"
         deadline = time.monotonic() + 120  # a bounded wait for every stream to reach a flow replica
         while sum(_gauge(f.metrics_address, SESSIONS) for f in flows) < STREAMS:
             assert time.monotonic() < deadline, "the streams never all reached the flow stage"
@@ -116,6 +137,9 @@ def test_killing_one_replica_fails_only_its_streams(tiny_model_dir):
         assert all(sessions), f"round robin left a replica idle: {sessions}"
         victim = max(range(2), key=lambda i: sessions[i])  # kill the busier one
         flows[victim].process.send_signal(signal.SIGKILL)
+        # A new request at once, before the gateway has seen the connection reset: its flow
+        # call may be sent to the dead replica, and is retried on the survivor (gateway/clients.py).
+        assert _synthesize(gateway.address) == grpc.StatusCode.OK
         flows[victim].process.wait()
         release.set()
         outcomes = [results.get(timeout=300) for _ in threads]  # every stream ends: nothing hangs
