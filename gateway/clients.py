@@ -33,8 +33,8 @@ SERVICE_CONFIG = json.dumps({
         "name": [{}],
         "retryPolicy": {
             "maxAttempts": 3,
-            "initialBackoff": "0.05s",
-            "maxBackoff": "0.5s",
+            "initialBackoff": "0.02s",
+            "maxBackoff": "0.2s",
             "backoffMultiplier": 2,
             "retryableStatusCodes": ["UNAVAILABLE"],
         },

@@ -74,6 +74,9 @@ _REQUEST_CODES = frozenset(
 _STAGE_DOWN_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED})
 
 
+_LOCAL_SEND_FAILURE = "Internal error from Core"
+
+
 def upstream_error(
     stage: str, error: grpc.aio.AioRpcError, request_codes: frozenset[grpc.StatusCode] = _REQUEST_CODES
 ) -> UpstreamError:
@@ -81,6 +84,10 @@ def upstream_error(
     for a stage that sees the caller's own input (the LLM) that includes INVALID_ARGUMENT; for
     one that only sees messages we built (flow, vocoder), a rejection is our bug: INTERNAL."""
     code = error.code()
+    if code == grpc.StatusCode.INTERNAL and error.details() == _LOCAL_SEND_FAILURE:
+        # Not the stage's answer: grpc.aio's own status for a message it could not send because
+        # the call had already broken (the stage died, or retries on its replicas ran out).
+        return UpstreamError(stage, grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE: the call broke while sending to it")
     if code in request_codes:
         mapped = code
     elif code in _STAGE_DOWN_CODES:

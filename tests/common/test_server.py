@@ -134,6 +134,16 @@ def test_upstream_errors_keep_request_codes_and_mask_the_rest():
     assert theirs.code == grpc.StatusCode.NOT_FOUND
 
 
+def test_a_send_on_a_broken_stage_call_is_the_stage_being_down_not_our_bug():
+    # grpc.aio reports a message it could not send on a call that had already broken (its stage
+    # died) as INTERNAL "Internal error from Core", whatever the stage said or would have said.
+    local = grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                 details="Internal error from Core")
+    error = upstream_error("flow", local, INTERNAL_STAGE_REQUEST_CODES)
+    assert error.code == grpc.StatusCode.UNAVAILABLE
+    assert str(error) == "flow stage: UNAVAILABLE: the call broke while sending to it"
+
+
 async def test_metrics_listen_on_their_own_host_and_a_taken_port_is_named():
     import urllib.request
 
