@@ -78,6 +78,11 @@ def server_options(config: ServerConfig) -> list[tuple[str, Any]]:
     return [(name, sizes.get(name, value)) for name, value in SERVER_OPTIONS]
 
 
+# A health "service" that is SERVING from bind until drain: the process is alive and answering.
+# Liveness probes ask for it, readiness ones for "" (which also needs the model loaded and, at
+# the gateway, every stage up): a gateway whose stage is down must not be restarted for it.
+LIVENESS_SERVICE = "liveness"
+
 _HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # grpcio-reflection serves the v1alpha name; newer clients also try v1.
 _REFLECTION_SERVICES = (reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection")
@@ -160,6 +165,7 @@ class ServiceHost:
             reflection.enable_server_reflection(names + [_HEALTH_SERVICE, reflection.SERVICE_NAME], self.server)
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
         self.port = self._bind()
         if self.config.metrics_port >= 0:
             # Before the gRPC server starts: a taken metrics port stops the process before it

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from services.common.server import LIVENESS_SERVICE
+
 # The contract: (gRPC port, metrics port) of each service.
 CONTRACT = {"gateway": (50051, 9400), "llm": (50052, 9401), "flow": (50053, 9402), "vocoder": (50054, 9403),
             "frontend": (50055, 9404)}
@@ -104,6 +106,9 @@ def probe_problems(objects: list[dict]) -> list[str]:
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             if container.get(probe, {}).get("grpc", {}).get("port") != grpc_port:
                 problems.append(f"{name} {probe} is not a gRPC probe on {grpc_port}: {container.get(probe)}")
+        # A gateway whose stage is down is not ready but alive: restarting it would not help.
+        if container.get("livenessProbe", {}).get("grpc", {}).get("service") != LIVENESS_SERVICE:
+            problems.append(f"{name} livenessProbe does not ask for the {LIVENESS_SERVICE!r} health service")
     return problems
 
 

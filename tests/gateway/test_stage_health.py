@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.metrics import make_registry
 from services.common.pb import tts_pb2, tts_pb2_grpc
+from services.common.server import LIVENESS_SERVICE
 from services.flow.config import FlowServiceConfig
 from services.flow.server import create_app as create_flow
 from services.llm.config import LLMServiceConfig
@@ -52,6 +53,10 @@ async def test_gateway_health_follows_a_stage_that_dies_and_returns(tiny_model_d
             port = dead.host.port
             await dead.stop()
             assert await _next_status(watch) == NOT_SERVING
+            # Not ready, but alive: a liveness probe must not restart a gateway for its stage.
+            liveness = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=LIVENESS_SERVICE))
+            assert liveness.status == SERVING
             code, details = await _synthesize(stack.address)
             assert code == grpc.StatusCode.UNAVAILABLE
             assert f"{stage} stage" in details
