@@ -19,16 +19,21 @@ import grpc
 logger = logging.getLogger(__name__)
 READY = grpc.ChannelConnectivity.READY
 IDLE = grpc.ChannelConnectivity.IDLE
+CONNECTING = grpc.ChannelConnectivity.CONNECTING
 
 
 class StageHealthMonitor:
     """Watches the stage channels; calls `on_change(all_serving)` when the verdict changes."""
 
     def __init__(
-        self, channels: Mapping[str, grpc.aio.Channel], on_change: Callable[[bool], Awaitable[None]]
+        self,
+        channels: Mapping[str, grpc.aio.Channel],
+        on_change: Callable[[bool], Awaitable[None]],
+        settle_seconds: float = 1.0,
     ) -> None:
         self.channels = dict(channels)
         self.on_change = on_change
+        self.settle_seconds = settle_seconds  # how long a reconnect may take before it counts as down
         self.serving = {name: True for name in self.channels}  # started once every stage was SERVING
         self._verdict = True
         self._tasks: list[asyncio.Task[None]] = []
@@ -54,7 +59,19 @@ class StageHealthMonitor:
         # without waiting for the next request.
         state = channel.get_state(try_to_connect=True)
         while True:
-            if state != IDLE:  # IDLE says nothing yet: the connection attempt just asked for follows
+            if state in (IDLE, CONNECTING):
+                # A reconnect: the servers close each connection after max_connection_age (5 min)
+                # and the channel is READY again within milliseconds, while a stage that died
+                # fails its connection attempts (TRANSIENT_FAILURE) at once. Only a reconnect that
+                # does not settle counts as the stage being down, so health does not flap.
+                try:
+                    await asyncio.wait_for(channel.wait_for_state_change(state), self.settle_seconds)
+                except asyncio.TimeoutError:
+                    await self._update(name, False, state)
+                else:
+                    state = channel.get_state(try_to_connect=True)
+                    continue
+            else:
                 await self._update(name, state == READY, state)
             await channel.wait_for_state_change(state)
             state = channel.get_state(try_to_connect=True)

@@ -135,8 +135,10 @@ def voices(channel: grpc.Channel, prompt: tuple[bytes, str] | None) -> list[tupl
 class Load:
     """`streams` threads on one channel, each sending its next request when one ends."""
 
-    def __init__(self, channel: grpc.Channel, streams: int, voice_list: list[tuple[int, str]], tally: Tally) -> None:
+    def __init__(self, channel: grpc.Channel, streams: int, voice_list: list[tuple[int, str]], tally: Tally,
+                 timeout: float = REQUEST_TIMEOUT_SECONDS) -> None:
         self.stub = tts_pb2_grpc.TextToSpeechStub(channel)
+        self.timeout = timeout
         self.voices, self.tally = voice_list, tally
         self.stopping = threading.Event()
         self.calls: list[grpc.Future | None] = [None] * streams
@@ -161,7 +163,7 @@ class Load:
             with self.lock:
                 if self.stopping.is_set():
                     return
-                call = self.stub.Synthesize(request, timeout=REQUEST_TIMEOUT_SECONDS)
+                call = self.stub.Synthesize(request, timeout=self.timeout)
                 self.calls[index] = call
             started, first, audio_seconds = time.perf_counter(), None, 0.0
             try:
@@ -236,6 +238,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--prompt-audio", type=Path, help="a recording to register a zero_shot speaker from")
     p.add_argument("--prompt-text", default="", help="its transcript")
     p.add_argument("--json", type=Path, help="write the result and every sample here")
+    p.add_argument("--request-timeout", type=float, default=REQUEST_TIMEOUT_SECONDS,
+                   help="each request's deadline in seconds (default 600); on a box too slow for --streams, raise "
+                        "it and the gateway's (COSYVOICE_GATEWAY_UPSTREAM_TIMEOUT_SECONDS) to measure leaks, not speed")
     args = p.parse_args(argv)
     if args.streams < 1 or args.duration <= 0 or args.sample_interval <= 0:
         raise SystemExit("soak: --streams, --duration and --sample-interval must be positive")
@@ -275,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"soak: {args.streams} streams for {args.duration:g} min against {address}; voices "
                   f"{', '.join(name for _, name in voice_list)}; watching {', '.join(f'{n} {pid}' for n, pid in pids.items())}",
                   flush=True)
-            load = Load(channel, args.streams, voice_list, tally)
+            load = Load(channel, args.streams, voice_list, tally, args.request_timeout)
             started = time.monotonic()
             load.start()
             try:
