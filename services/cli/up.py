@@ -335,8 +335,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             if wait_serving(children[0].address, args.start_timeout, security.ready_tls):
                 print(f"ready: cosyvoice synth \"Hello\" -o out.wav --address {children[0].address}", flush=True)
             elif not stopping.is_set():
-                print(f"cosyvoice up: the gateway did not report SERVING within {args.start_timeout:.0f} s",
-                      file=sys.stderr, flush=True)
+                print(f"cosyvoice up: could not see the gateway report SERVING (waited up to "
+                      f"{args.start_timeout:.0f} s; a health call that fails, e.g. for want of a client "
+                      "certificate, ends the wait early)", file=sys.stderr, flush=True)
 
         # Readiness is awaited beside the supervisor, so a signal ends `up` at once instead of
         # after the start timeout.

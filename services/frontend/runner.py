@@ -78,7 +78,7 @@ class FrontendRunner:
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         if self._pending >= self.max_pending:
-            raise Overloaded(f"{self._pending} frontend jobs already queued")
+            raise Overloaded(f"{self._pending} frontend jobs already queued (num_workers × 8)")
         self._pending += 1
         self.metrics.queue_depth.inc()
         try:

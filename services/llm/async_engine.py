@@ -91,7 +91,7 @@ class AsyncLLMEngine:
         prompt = self.build_prompt(request)
         params = self.sampling_params(request.sampling)
         if self.engine.scheduler.num_waiting >= self.max_waiting_requests:
-            raise Overloaded(f"{self.engine.scheduler.num_waiting} requests already wait for the LLM")
+            raise Overloaded(f"{self.engine.scheduler.num_waiting} requests already wait for the LLM (max_waiting_requests)")
         request_id = uuid.uuid4().hex
         queue: asyncio.Queue[StepOutput | ServingError] = asyncio.Queue()
         self._queues[request_id] = queue
@@ -133,7 +133,7 @@ class AsyncLLMEngine:
         prompt_ids = self.tokenizer.encode(start.prompt_text) if start.prompt_text else []
         params = self.sampling_params(start.sampling)
         if self.engine.scheduler.num_waiting >= self.max_waiting_requests:
-            raise Overloaded(f"{self.engine.scheduler.num_waiting} requests already wait for the LLM")
+            raise Overloaded(f"{self.engine.scheduler.num_waiting} requests already wait for the LLM (max_waiting_requests)")
         request_id = uuid.uuid4().hex
         queue: asyncio.Queue[StepOutput | BaseException] = asyncio.Queue()
         self._queues[request_id] = queue
