@@ -68,7 +68,9 @@ def _serve(argv: Sequence[str]) -> None:
     else:
         from services.vocoder.server import main as serve_main
     from services.common.config import ConfigError
+    from services.common.malloc_tuning import return_freed_memory_to_os
 
+    return_freed_memory_to_os()  # before any model is loaded: see the module's docstring
     try:
         serve_main(rest)
     except ConfigError as exc:  # a bad setting: one line naming it, not a traceback
