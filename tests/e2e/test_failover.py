@@ -8,17 +8,15 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import re
 import signal
-import socket
 import sys
 import threading
 import time
-import urllib.request
 
 import grpc
 import pytest
 
+from scripts.reliability_stack import free_port_on, gauge
 from services.cli.up import Child, _start, stop_all, wait_serving
 from services.common.pb import tts_pb2, tts_pb2_grpc
 
@@ -29,27 +27,6 @@ PIECES = ["Hello there, this is", " the first piece of", " a text that an upstre
           " to us a few", " words at a time,", " and we speak it", " while it is still", " being written."]
 
 
-def _free_port_on(*hosts: str) -> int:
-    """A port free on every one of `hosts` (the two replicas listen on the same port)."""
-    for _ in range(50):
-        with socket.create_server((hosts[0], 0)) as first:
-            port = first.getsockname()[1]
-            try:
-                for host in hosts[1:]:
-                    socket.create_server((host, port)).close()
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no common free port")
-
-
-def _gauge(metrics_address: str, name: str) -> float:
-    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5) as reply:
-        match = re.search(rf"^{name} (\S+)$", reply.read().decode(), re.MULTILINE)
-    assert match, f"{name} not exported"
-    return float(match.group(1))
-
-
 @contextlib.contextmanager
 def replicated_processes(model_dir):
     env = dict(os.environ)
@@ -58,7 +35,7 @@ def replicated_processes(model_dir):
     try:
         for name in ("llm", "vocoder", "frontend"):
             children.append(_start(name, ["--port", "0", *common], env, 300))
-        port = _free_port_on("127.0.0.2", "127.0.0.3")
+        port = free_port_on("127.0.0.2", "127.0.0.3")
         flows = [_start("flow", ["--host", host, "--port", str(port), *common], env, 300)
                  for host in ("127.0.0.2", "127.0.0.3")]
         children += flows
@@ -130,10 +107,10 @@ def test_killing_one_replica_fails_only_its_streams(tiny_model_dir):
         for _ in threads:
             assert heard.acquire(timeout=120), "a stream never produced audio"
         deadline = time.monotonic() + 120  # a bounded wait for every stream to reach a flow replica
-        while sum(_gauge(f.metrics_address, SESSIONS) for f in flows) < STREAMS:
+        while sum(gauge(f.metrics_address, SESSIONS) for f in flows) < STREAMS:
             assert time.monotonic() < deadline, "the streams never all reached the flow stage"
             time.sleep(0.05)
-        sessions = [int(_gauge(f.metrics_address, SESSIONS)) for f in flows]
+        sessions = [int(gauge(f.metrics_address, SESSIONS)) for f in flows]
         assert all(sessions), f"round robin left a replica idle: {sessions}"
         victim = max(range(2), key=lambda i: sessions[i])  # kill the busier one
         flows[victim].process.send_signal(signal.SIGKILL)
