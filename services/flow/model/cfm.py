@@ -13,7 +13,8 @@ from torch import nn
 
 from services.flow.model.config import REFERENCE_N_TIMESTEPS, REFERENCE_NOISE_SHAPE
 from services.flow.model.estimator import CausalConditionalDecoder
-from services.flow.model.masks import FlowInputError, batch_flags
+from services.flow.model.masks import FlowInputError, batch_flags, window_attention_mask
+from services.flow.model.window_cache import WindowCache
 
 NOISE_SEED = 0
 
@@ -46,6 +47,9 @@ class CausalConditionalCFM(nn.Module):
         self.t_scheduler = t_scheduler
         # Not in flow.pt; non-persistent so it follows .to(device, dtype) without a key.
         self.register_buffer("rand_noise", reference_start_noise(), persistent=False)
+        # An exported-graph backend (services/flow/backends) called as
+        # backend(x, mask, mu, t, spks, cond, streaming) -> velocity; None runs the torch estimator.
+        self.backend = None
 
     @property
     def max_frames(self) -> int:
@@ -79,19 +83,67 @@ class CausalConditionalCFM(nn.Module):
         spks_in = torch.cat([spks, torch.zeros_like(spks)]).to(dtype)
         cond_in = torch.cat([cond, torch.zeros_like(cond)]).to(dtype)
         streaming_in = batch_flags(streaming, batch, "streaming").repeat(2)
-        attn_mask = self.estimator.attention_mask(mask_in, streaming_in)
+        attn_mask = None if self.backend is not None else self.estimator.attention_mask(mask_in, streaming_in)
 
         rate = self.inference_cfg_rate
         # The reference steps t by accumulating dt (t += dt; dt = t_span[k+1] - t) rather than
         # reading t_span[k]; kept, since the float rounding differs.
         t, dt = t_span[0], t_span[1] - t_span[0]
         for step in range(1, len(t_span)):
-            time_emb = self.estimator.time_embedding(t.reshape(1), dtype)
-            velocity = self.estimator.velocity(torch.cat([x, x]), mask_in, mu_in, time_emb, spks_in, cond_in,
-                                               attn_mask)
+            if self.backend is not None:
+                velocity = self.backend(torch.cat([x, x]), mask_in, mu_in, t.reshape(1).expand(2 * batch),
+                                        spks_in, cond_in, streaming_in)
+            else:
+                time_emb = self.estimator.time_embedding(t.reshape(1), dtype)
+                velocity = self.estimator.velocity(torch.cat([x, x]), mask_in, mu_in, time_emb, spks_in, cond_in,
+                                                   attn_mask)
             conditioned, unconditioned = velocity[:batch], velocity[batch:]
             x = x + dt * ((1.0 + rate) * conditioned - rate * unconditioned)
             t = t + dt
             if step < len(t_span) - 1:
                 dt = t_span[step + 1] - t
+        return x.float()
+
+    @torch.inference_mode()
+    def forward_window(
+        self,
+        mu: torch.Tensor,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
+        start: int,
+        caches: list[WindowCache],
+        keep: int,
+        n_timesteps: int = REFERENCE_N_TIMESTEPS,
+    ) -> torch.Tensor:
+        """One stream's streaming frames [start, start + W): mu, cond (1, 80, W); spks (1, 80);
+        `start` on a chunk boundary, `caches[k]` holding step k's state of the frames before it.
+        Same steps as forward; afterwards each cache keeps the window's first `keep` frames."""
+        frames = start + mu.size(2)
+        if frames > self.max_frames:
+            raise FlowInputError(
+                f"mu: {frames} frames exceed the fixed noise's {self.max_frames} (300 s at 50 Hz)"
+            )
+        if len(caches) != n_timesteps:
+            raise FlowInputError(f"caches: {len(caches)} given for {n_timesteps} steps")
+        dtype, device = mu.dtype, mu.device
+        x = self.rand_noise[:, :, start:frames].to(device, dtype)
+        t_span = time_grid(n_timesteps, self.t_scheduler, device, dtype)
+        mask_in = torch.ones(2, 1, mu.size(2), device=device, dtype=dtype)
+        mu_in = torch.cat([mu, torch.zeros_like(mu)])
+        spks_in = torch.cat([spks, torch.zeros_like(spks)]).to(dtype)
+        cond_in = torch.cat([cond, torch.zeros_like(cond)]).to(dtype)
+        attn_mask = window_attention_mask(start, frames, self.estimator.config.static_chunk_size, device)
+
+        rate = self.inference_cfg_rate
+        t, dt = t_span[0], t_span[1] - t_span[0]  # accumulated as in forward
+        for step in range(1, len(t_span)):
+            time_emb = self.estimator.time_embedding(t.reshape(1), dtype)
+            velocity = self.estimator.velocity(torch.cat([x, x]), mask_in, mu_in, time_emb, spks_in, cond_in,
+                                               attn_mask, caches[step - 1])
+            x = x + dt * ((1.0 + rate) * velocity[:1] - rate * velocity[1:])
+            t = t + dt
+            if step < len(t_span) - 1:
+                dt = t_span[step + 1] - t
+        for cache in caches:
+            cache.commit(keep)
         return x.float()
