@@ -13,8 +13,9 @@ from typing import Sequence
 USAGE = """usage: cosyvoice <command> [options]
 
 commands:
-  serve {llm,flow,vocoder,frontend,gateway} [flags]
-                                            run one service (flags or COSYVOICE_<SERVICE>_* env vars)
+  serve {llm,flow,vocoder,frontend,gateway,http} [flags]
+                                            run one service (flags or COSYVOICE_<SERVICE>_* env vars);
+                                            http: the HTTP front (docs/http.md)
   up [--model-dir DIR] [--device cpu|cuda] [--port 50051] [--metrics-port 9400] [--metrics-host H]
      [--host H] [--internal-host H] [--tls-cert PEM --tls-key PEM] [--api-keys-file FILE]
      [--max-restarts 5] [--drain-timeout S]
@@ -50,15 +51,17 @@ commands:
 
 
 def _serve(argv: Sequence[str]) -> None:
-    services = ("llm", "flow", "vocoder", "frontend", "gateway")
+    services = ("llm", "flow", "vocoder", "frontend", "gateway", "http")
     if not argv or argv[0] in ("-h", "--help"):
-        raise SystemExit("usage: cosyvoice serve {llm,flow,vocoder,frontend,gateway} [flags]  "
+        raise SystemExit("usage: cosyvoice serve {llm,flow,vocoder,frontend,gateway,http} [flags]  "
                          "(cosyvoice serve NAME --help lists the flags)")
     if argv[0] not in services:
         raise SystemExit(f"cosyvoice serve: unknown service {argv[0]!r} (one of {', '.join(services)})")
     stage, rest = argv[0], list(argv[1:])
     if stage == "gateway":
         from gateway.server import main as serve_main
+    elif stage == "http":
+        from services.http.server import main as serve_main
     elif stage == "llm":
         from services.llm.server import main as serve_main
     elif stage == "flow":

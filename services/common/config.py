@@ -33,7 +33,7 @@ def setting(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirr
 
 # Each service's fixed /metrics port (its config's default; compose, Kubernetes and
 # `cosyvoice up` use the same numbers, docs/metrics.md lists them).
-DEFAULT_METRICS_PORTS = {"gateway": 9400, "llm": 9401, "flow": 9402, "vocoder": 9403, "frontend": 9404}
+DEFAULT_METRICS_PORTS = {"gateway": 9400, "llm": 9401, "flow": 9402, "vocoder": 9403, "frontend": 9404, "http": 9405}
 
 
 def metrics_port_setting(service: str) -> Any:

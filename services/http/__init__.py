@@ -1,0 +1,1 @@
+"""The HTTP front (docs/http.md): FastAPI over the gateway's public gRPC API. No torch here."""
