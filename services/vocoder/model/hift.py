@@ -107,6 +107,9 @@ class HiFTGenerator(nn.Module):
             init_conv_weight(layer)
         self.reflection_pad = nn.ReflectionPad1d((1, 0))
         self.f0_predictor = f0_predictor
+        # An exported-graph backend (services/vocoder/backends) standing in for `network`:
+        # backend(mel, source_spectrum) -> spectrum; None runs the torch layers.
+        self.network_backend = None
 
     @property
     def samples_per_frame(self) -> int:
@@ -127,8 +130,20 @@ class HiFTGenerator(nn.Module):
 
     def decode(self, mel: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """mel (B, C, T) and source (B, 1, N) → waveform (B, N) float32, N = T · 480."""
-        inplace = not torch.is_grad_enabled()  # saves copies; autograd would need the originals
         source_spec = self.spectral.analyze(source.squeeze(1)).to(mel.dtype)
+        if self.network_backend is not None:
+            x = self.network_backend(mel, source_spec)
+        else:
+            x = self.network(mel, source_spec)
+        bins = self.spectral.num_bins
+        # sin() of a phase angle is redundant but it is what the model was trained with.
+        wave = self.spectral.synthesize(torch.exp(x[:, :bins]), torch.sin(x[:, bins:]))
+        return torch.clamp(wave, -self.config.audio_limit, self.config.audio_limit)
+
+    def network(self, mel: torch.Tensor, source_spec: torch.Tensor) -> torch.Tensor:
+        """The neural part: mel (B, C, T) and the source's STFT (B, n_fft + 2, T·120 + 1) →
+        log-magnitude and phase-angle channels (B, n_fft + 2, T·120 + 1)."""
+        inplace = not torch.is_grad_enabled()  # saves copies; autograd would need the originals
         x = self.conv_pre(mel)
         last = len(self.ups) - 1
         for i, upsample in enumerate(self.ups):
@@ -143,11 +158,7 @@ class HiFTGenerator(nn.Module):
                 summed = summed.add_(block(x)) if inplace else summed + block(x)
             x = summed.div_(self.num_kernels) if inplace else summed / self.num_kernels
         # The reference uses leaky_relu's default slope (0.01) here, not lrelu_slope.
-        x = self.conv_post(F.leaky_relu(x, inplace=inplace))
-        bins = self.spectral.num_bins
-        # sin() of a phase angle is redundant but it is what the model was trained with.
-        wave = self.spectral.synthesize(torch.exp(x[:, :bins]), torch.sin(x[:, bins:]))
-        return torch.clamp(wave, -self.config.audio_limit, self.config.audio_limit)
+        return self.conv_post(F.leaky_relu(x, inplace=inplace))
 
     @torch.inference_mode()
     def inference(
