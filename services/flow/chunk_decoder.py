@@ -9,6 +9,7 @@ import torch
 
 from services.common.errors import InvalidRequest
 from services.flow.api import VoicePrompt
+from services.flow.incremental import IncrementalFlow
 
 MEL_BINS = 80
 SPEAKER_EMBED_DIM = 192
@@ -23,6 +24,8 @@ class FlowSession:
     embedding: torch.Tensor  # float32 [192]
     tokens: list[int] = field(default_factory=list)
     token_offset: int = 0
+    # The stream's flow caches when non-final chunks run incrementally; None: re-run the prefix.
+    incremental: IncrementalFlow | None = None
 
 
 def speaker_session(embedding: torch.Tensor) -> FlowSession:
@@ -94,3 +97,18 @@ def decode_chunk_batch(flow: torch.nn.Module, jobs: list[ChunkJob]) -> list[np.n
     lengths = flow.output_lengths(token_len, prompt_len, prompt_len * ratio, finalize)
     mel = mel.float().cpu()
     return [mel[i, :, job.offset * ratio : int(lengths[i])].numpy().copy() for i, job in enumerate(jobs)]
+
+
+def decode_incremental(flow: torch.nn.Module, job: ChunkJob, state: IncrementalFlow) -> np.ndarray:
+    """A non-final job's mel [80, n] from the stream's caches: the same frames as
+    decode_chunk_batch up to float rounding. A failure leaves the caches half-updated, so the
+    stream drops them and its later chunks take the full path (same output, slower)."""
+    ratio = int(flow.token_mel_ratio)
+    prompt = job.session.prompt_tokens
+    tokens = torch.cat([prompt, torch.tensor(job.tokens, dtype=torch.long)])
+    try:
+        return state.decode(tokens, (prompt.numel() + job.offset) * ratio)
+    except BaseException:
+        if job.session.incremental is state:
+            job.session.incremental = None
+        raise

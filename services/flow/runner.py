@@ -1,6 +1,8 @@
 """Flow runner: per-stream sessions, cross-request batching, the streaming slice by token offset.
 
-Each non-final chunk re-runs the flow over prompt + every token so far with chunked attention
+With `incremental`, a non-final chunk runs only over what its stream's caches do not hold yet
+(services/flow/incremental.py; docs/incremental-flow.md). Otherwise, and for the final chunk,
+it re-runs the flow over prompt + every token so far with chunked attention
 and keeps only the frames past the session's offset (upstream token2wav: `mel[:, :, offset*2:]`);
 the last `pre_lookahead_len` tokens are look-ahead and are decoded again with the next chunk.
 The final chunk uses full attention. Chunks of concurrent streams that are waiting at the
@@ -9,7 +11,11 @@ same time run as one padded batch (per-item streaming/finalize flags).
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
+import weakref
+
 import numpy as np
 import torch
 
@@ -21,11 +27,16 @@ from services.flow.chunk_decoder import (
     ChunkJob,
     FlowSession,
     decode_chunk_batch,
+    decode_incremental,
     prompt_session,
     speaker_session,
 )
+from services.flow.incremental import IncrementalFlow
 from services.flow.metrics import FlowMetrics
+from services.flow.model.config import REFERENCE_N_TIMESTEPS
 from services.flow.speakers import SpeakerTable
+
+logger = logging.getLogger(__name__)
 
 
 class FlowRunner:
@@ -39,8 +50,19 @@ class FlowRunner:
         max_padding_ratio: float = 1.2,
         nice_increment: int = 0,
         max_sessions: int = 128,
+        incremental: bool = False,
+        incremental_cache_bytes: int = 4 << 30,
     ) -> None:
         self.flow = flow
+        # Non-final chunks from per-stream caches (docs/incremental-flow.md). The caches run the
+        # torch estimator, so an exported-graph backend keeps the full re-run instead.
+        if incremental and getattr(flow.decoder, "backend", None) is not None:
+            logger.info("flow: incremental streaming is off: it needs the torch estimator backend")
+            incremental = False
+        self.incremental = incremental
+        self.incremental_cache_bytes = incremental_cache_bytes
+        self.incremental_states: weakref.WeakSet[IncrementalFlow] = weakref.WeakSet()
+        self._states_lock = threading.Lock()  # streams open on the loop while the batch thread sums
         self.max_sessions = max_sessions
         self.max_padding_ratio = max_padding_ratio
         self.speakers = speakers
@@ -56,6 +78,12 @@ class FlowRunner:
             self._run_batch, max_batch_size, max_wait_seconds, name="flow", on_batch=self._observe_batch,
             nice_increment=nice_increment,
         )
+
+    def incremental_bytes(self) -> int:
+        """What the flow caches of all open streams hold."""
+        with self._states_lock:
+            states = list(self.incremental_states)
+        return sum(state.nbytes() for state in states)
 
     def _observe_batch(self, size: int, seconds: float) -> None:
         # Through self.metrics, not bound at construction: the server swaps the warm-up's
@@ -82,11 +110,17 @@ class FlowRunner:
             session = speaker_session(self.speakers.embedding(speaker_id))
         else:
             session = prompt_session(prompt, self.ratio, self.speech_token_size)
+        if self.incremental:
+            session.incremental = IncrementalFlow(self.flow, session.prompt_mel, session.embedding,
+                                                  REFERENCE_N_TIMESTEPS)
+            with self._states_lock:
+                self.incremental_states.add(session.incremental)
         self.num_sessions += 1
         self.metrics.streams.set(self.num_sessions)
         return session
 
     def close_session(self, session: FlowSession) -> None:
+        session.incremental = None  # an in-flight chunk holds its own reference until it returns
         self.num_sessions -= 1
         self.metrics.streams.set(self.num_sessions)
 
@@ -112,16 +146,28 @@ class FlowRunner:
             finally:
                 self.metrics.queue_depth.dec()
             session.token_offset = emit_end
+        if finalize:
+            session.incremental = None
         elapsed = time.perf_counter() - started
         self.metrics.chunk_duration.observe(elapsed)
         self.metrics.frames.inc(mel.shape[1])
         return MelChunkResult(mel, session.token_offset, elapsed)
 
     def _run_batch(self, jobs: list[ChunkJob]) -> list[np.ndarray]:
-        # Each job re-decodes prompt + all its tokens, so lengths in one batch differ a lot.
-        lengths = [j.session.prompt_tokens.numel() + len(j.tokens) for j in jobs]
         results: list[np.ndarray] = [np.empty(0)] * len(jobs)
+        full = []
+        for index, job in enumerate(jobs):
+            state = job.session.incremental
+            if state is not None and not job.finalize:
+                # One stream at a time: windows and cached lengths differ per stream.
+                results[index] = decode_incremental(self.flow, job, state)
+                if job.session.incremental is state and self.incremental_bytes() > self.incremental_cache_bytes:
+                    job.session.incremental = None  # over the budget: this stream re-runs its prefix from now
+            else:
+                full.append(index)
+        # Each of these re-decodes prompt + all its tokens, so lengths in one batch differ a lot.
+        lengths = [jobs[i].session.prompt_tokens.numel() + len(jobs[i].tokens) for i in full]
         for group in length_buckets(lengths, self.max_padding_ratio):
-            for index, mel in zip(group, decode_chunk_batch(self.flow, [jobs[i] for i in group])):
-                results[index] = mel
+            for index, mel in zip(group, decode_chunk_batch(self.flow, [jobs[full[i]] for i in group])):
+                results[full[index]] = mel
         return results

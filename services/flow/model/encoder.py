@@ -25,7 +25,14 @@ from services.flow.model.encoder_layers import (
     PreLookaheadLayer,
     relative_position_table,
 )
-from services.flow.model.masks import FlowInputError, attention_mask, batch_flags, length_mask
+from services.flow.model.masks import (
+    FlowInputError,
+    attention_mask,
+    batch_flags,
+    length_mask,
+    window_attention_mask,
+)
+from services.flow.model.window_cache import WindowCache
 
 
 class UpsampleConformerEncoder(nn.Module):
@@ -96,6 +103,36 @@ class UpsampleConformerEncoder(nn.Module):
             x, up_lens, self.up_encoders, self.config.static_chunk_size * self.stride, streaming_flags
         )
         return self.after_norm(x), up_lens
+
+    def forward_window(
+        self, xs: torch.Tensor, start: int, main: int, token_cache: WindowCache, frame_cache: WindowCache
+    ) -> torch.Tensor:
+        """One stream's non-final streaming frames for tokens [start, main), `start` on a chunk
+        boundary with everything before it in the caches. xs: (1, main + look-ahead - s,
+        input_size) embeddings of tokens s.. with s = max(0, start - 2), since the look-ahead
+        layer's causal conv2 reads two earlier positions (recomputed rather than cached).
+        Returns (1, stride·(main - start), size); the caller commits the caches.
+        """
+        first = max(0, start - 2)
+        x = self.pre_lookahead_layer(self.embed(xs))[:, start - first : main - first]
+        chunk = self.config.static_chunk_size
+        x = self._conformer_window(x, start, main, self.encoders, chunk, token_cache)
+        x = self.up_layer(x.transpose(1, 2), frame_cache).transpose(1, 2)
+        x = self.up_embed(x)
+        x = self._conformer_window(
+            x, start * self.stride, main * self.stride, self.up_encoders, chunk * self.stride, frame_cache
+        )
+        return self.after_norm(x)
+
+    @staticmethod
+    def _conformer_window(
+        x: torch.Tensor, start: int, length: int, layers: nn.ModuleList, chunk_size: int, cache: WindowCache
+    ) -> torch.Tensor:
+        pos_emb = relative_position_table(length, x.size(2), x.device, x.dtype)
+        mask = window_attention_mask(start, length, chunk_size, x.device)
+        for layer in layers:
+            x = layer(x, pos_emb, mask, cache, start)
+        return x
 
     def _conformer(
         self,

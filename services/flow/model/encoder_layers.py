@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from services.flow.model.window_cache import WindowCache
+
 _ACTIVATIONS = {
     "swish": nn.SiLU,
     "relu": nn.ReLU,
@@ -79,27 +81,41 @@ class RelPositionAttention(nn.Module):
         return x.view(x.size(0), -1, self.h, self.d_k)
 
     @staticmethod
-    def _rel_shift(scores: torch.Tensor) -> torch.Tensor:
-        """(B, H, T, 2T-1) indexed by table row → (B, H, T, T) indexed by key position.
+    def _rel_shift(scores: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """(B, H, W, 2T-1) indexed by table row → (B, H, W, T) indexed by key position, for the
+        queries at positions offset .. offset+W-1 of a length-T table (W = T, offset 0: all).
 
-        Entry (i, j) needs relative position i - j, i.e. table row T-1-i+j: a strided view
-        (row stride 2T-2, starting at column T-1) instead of the reference's pad-and-reshape.
+        Entry (i, j) needs relative position (offset + i) - j, i.e. table row T-1-offset-i+j: a
+        strided view (row stride 2T-2, starting at column T-1-offset) instead of the
+        reference's pad-and-reshape.
         """
-        b, h, t, width = scores.shape
+        b, h, w, width = scores.shape
+        t = (width + 1) // 2
         scores = scores.contiguous()
         return scores.as_strided(
-            (b, h, t, t),
-            (h * t * width, t * width, width - 1, 1),
-            scores.storage_offset() + t - 1,
+            (b, h, w, t),
+            (h * w * width, w * width, width - 1, 1),
+            scores.storage_offset() + t - 1 - offset,
         )
 
-    def forward(self, x: torch.Tensor, pos_emb: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        pos_emb: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: WindowCache | None = None,
+        offset: int = 0,
+    ) -> torch.Tensor:
+        """x: the frames at positions offset.. (with `cache` holding the keys/values of the
+        frames before them); pos_emb: the table for the whole length."""
         q = self._heads(self.linear_q(x))
         k = self._heads(self.linear_k(x)).transpose(1, 2)
         v = self._heads(self.linear_v(x)).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.keys_values(self, k, v)
         p = self._heads(self.linear_pos(pos_emb)).transpose(1, 2)  # (1, H, 2T-1, d_k)
         content = torch.matmul((q + self.pos_bias_u).transpose(1, 2), k.transpose(-2, -1))
-        position = self._rel_shift(torch.matmul((q + self.pos_bias_v).transpose(1, 2), p.transpose(-2, -1)))
+        position = self._rel_shift(torch.matmul((q + self.pos_bias_v).transpose(1, 2), p.transpose(-2, -1)), offset)
         scores = (content + position) / math.sqrt(self.d_k)
         if mask is not None:
             scores = scores.masked_fill(~mask, -float("inf"))
@@ -129,8 +145,15 @@ class ConformerLayer(nn.Module):
         self.norm_ff = nn.LayerNorm(size, eps=1e-12)
         self.norm_mha = nn.LayerNorm(size, eps=1e-12)
 
-    def forward(self, x: torch.Tensor, pos_emb: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.self_attn(self.norm_mha(x), pos_emb, mask)
+    def forward(
+        self,
+        x: torch.Tensor,
+        pos_emb: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: WindowCache | None = None,
+        offset: int = 0,
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.norm_mha(x), pos_emb, mask, cache, offset)
         return x + self.feed_forward(self.norm_ff(x))
 
 
@@ -163,6 +186,9 @@ class CausalUpsample(nn.Module):
         self.stride = stride
         self.conv = nn.Conv1d(channels, channels, stride * 2 + 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T) -> (B, C, stride*T)
+    def forward(self, x: torch.Tensor, cache: WindowCache | None = None) -> torch.Tensor:
+        """(B, C, T) -> (B, C, stride*T); with `cache`, x continues the frames cached before."""
         x = torch.repeat_interleave(x, self.stride, dim=2)
+        if cache is not None:
+            return self.conv(cache.conv_input(self, x, self.stride * 2))
         return self.conv(F.pad(x, (self.stride * 2, 0)))

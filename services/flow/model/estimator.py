@@ -20,6 +20,7 @@ from services.flow.model.estimator_blocks import (
     sinusoidal_time_embedding,
 )
 from services.flow.model.masks import attention_mask, batch_flags
+from services.flow.model.window_cache import WindowCache
 
 
 class CausalConditionalDecoder(nn.Module):
@@ -85,26 +86,32 @@ class CausalConditionalDecoder(nn.Module):
         spks: torch.Tensor,
         cond: torch.Tensor,
         attn_mask: torch.Tensor | None,
+        cache: WindowCache | None = None,
     ) -> torch.Tensor:
         """forward() with the time embedding and attention mask precomputed (the CFM loop
-        reuses the mask for all steps); `time_emb` may have one row for the whole batch."""
+        reuses the mask for all steps); `time_emb` may have one row for the whole batch.
+        With `cache`, the inputs are a window after the cached frames (see WindowCache) and
+        attn_mask covers the window's queries over cached + window keys."""
         h = torch.cat([x, mu, spks.unsqueeze(-1).expand(-1, -1, x.size(-1)), cond], dim=1)
 
         resnet, blocks, conv = self.down_blocks[0]
-        h = self._transformers(resnet(h, mask, time_emb), blocks, attn_mask)
+        h = self._transformers(resnet(h, mask, time_emb, cache), blocks, attn_mask, cache)
         skip = h
-        h = conv(h * mask)
+        h = conv(h * mask, cache)
         for resnet, blocks in self.mid_blocks:
-            h = self._transformers(resnet(h, mask, time_emb), blocks, attn_mask)
+            h = self._transformers(resnet(h, mask, time_emb, cache), blocks, attn_mask, cache)
         resnet, blocks, conv = self.up_blocks[0]
-        h = self._transformers(resnet(torch.cat([h, skip], dim=1), mask, time_emb), blocks, attn_mask)
-        h = conv(h * mask)
-        h = self.final_block(h, mask)
+        h = self._transformers(resnet(torch.cat([h, skip], dim=1), mask, time_emb, cache), blocks, attn_mask,
+                               cache)
+        h = conv(h * mask, cache)
+        h = self.final_block(h, mask, cache)
         return self.final_proj(h * mask) * mask
 
     @staticmethod
-    def _transformers(h: torch.Tensor, blocks: nn.ModuleList, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def _transformers(
+        h: torch.Tensor, blocks: nn.ModuleList, attn_mask: torch.Tensor | None, cache: WindowCache | None = None
+    ) -> torch.Tensor:
         h = h.transpose(1, 2).contiguous()
         for block in blocks:
-            h = block(h, attn_mask)
+            h = block(h, attn_mask, cache)
         return h.transpose(1, 2).contiguous()

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from services.flow.model.window_cache import WindowCache
+
 
 def sinusoidal_time_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
     """(B,) diffusion times → (B, dim) [sin, cos] features (Matcha's SinusoidalPosEmb)."""
@@ -39,7 +41,9 @@ class CausalConv1d(nn.Conv1d):
         super().__init__(in_channels, out_channels, kernel_size)
         self.causal_padding = kernel_size - 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: WindowCache | None = None) -> torch.Tensor:
+        if cache is not None:  # the cached inputs before the window replace the zero padding
+            return super().forward(cache.conv_input(self, x, self.causal_padding))
         return super().forward(F.pad(x, (self.causal_padding, 0)))
 
 
@@ -50,8 +54,8 @@ class CausalBlock1D(nn.Module):
         super().__init__()
         self.block = nn.ModuleList([CausalConv1d(dim, dim_out, 3), nn.Identity(), nn.LayerNorm(dim_out)])
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        h = self.block[0](x * mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: WindowCache | None = None) -> torch.Tensor:
+        h = self.block[0](x * mask, cache)
         h = self.block[2](h.transpose(1, 2)).transpose(1, 2)
         return F.mish(h) * mask
 
@@ -64,9 +68,11 @@ class CausalResnetBlock1D(nn.Module):
         self.block2 = CausalBlock1D(dim_out, dim_out)
         self.res_conv = nn.Conv1d(dim, dim_out, 1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, time_emb: torch.Tensor) -> torch.Tensor:
-        h = self.block1(x, mask) + self.mlp(time_emb).unsqueeze(-1)
-        return self.block2(h, mask) + self.res_conv(x * mask)
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, time_emb: torch.Tensor, cache: WindowCache | None = None
+    ) -> torch.Tensor:
+        h = self.block1(x, mask, cache) + self.mlp(time_emb).unsqueeze(-1)
+        return self.block2(h, mask, cache) + self.res_conv(x * mask)
 
 
 class SelfAttention(nn.Module):
@@ -82,14 +88,16 @@ class SelfAttention(nn.Module):
         self.to_v = nn.Linear(dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: WindowCache | None = None) -> torch.Tensor:
         b, t, _ = x.shape
 
         def heads(y: torch.Tensor) -> torch.Tensor:
             return y.view(b, t, self.heads, self.head_dim).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(heads(self.to_q(x)), heads(self.to_k(x)), heads(self.to_v(x)),
-                                             attn_mask=mask)
+        k, v = heads(self.to_k(x)), heads(self.to_v(x))
+        if cache is not None:
+            k, v = cache.keys_values(self, k, v)
+        out = F.scaled_dot_product_attention(heads(self.to_q(x)), k, v, attn_mask=mask)
         return self.to_out[0](out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 
 
@@ -124,6 +132,6 @@ class TransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, act_fn)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attn1(self.norm1(x), mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: WindowCache | None = None) -> torch.Tensor:
+        x = x + self.attn1(self.norm1(x), mask, cache)
         return x + self.ff(self.norm3(x))

@@ -57,3 +57,12 @@ def attention_mask(
         per_item = torch.where(streaming.to(lengths.device)[:, None, None], chunks, True)
         mask = mask & per_item.unsqueeze(1)
     return mask.expand(-1, -1, max_len, -1)
+
+
+def window_attention_mask(start: int, length: int, chunk_size: int, device: torch.device | None = None
+                          ) -> torch.Tensor | None:
+    """(1, 1, length - start, length) bool mask of window queries [start, length) over all keys
+    [0, length) of one stream, chunked like `chunk_mask`; None when chunk_size is 0 (full)."""
+    if chunk_size <= 0:
+        return None
+    return chunk_mask(length, chunk_size, device)[start:].view(1, 1, length - start, length)

@@ -1,0 +1,94 @@
+"""One stream's incremental flow: non-final chunks run only over the frames that can still change.
+
+With chunk masks counted from position 0 (the prompt's first token), causal convs and a start
+noise fixed per position, a frame whose chunk is complete never changes in a later streaming
+call of the same stream. So each non-final call runs the encoder from the first token of the
+encoder chunk that was incomplete last time, and the ODE from the first frame of the estimator
+chunk that was incomplete last time, reading every layer's view of the frames before (attention
+keys/values, causal-conv inputs) from `WindowCache`s: one for the encoder's token stack, one for
+its frame stack, one per ODE step for the estimator (both CFG rows). The final call uses full
+attention (upstream: streaming=False), which changes every frame, so it is not incremental: the
+caller runs it through the plain batched path and drops this object.
+
+The state belongs to one stream (FlowSession.incremental); it is never shared, and dropping the
+reference frees it (an in-flight call keeps its own reference until it returns).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from services.flow.model.flow import CausalMaskedDiffWithXvec
+from services.flow.model.window_cache import WindowCache
+
+
+class IncrementalFlow:
+    def __init__(
+        self,
+        flow: CausalMaskedDiffWithXvec,
+        prompt_mel: torch.Tensor,
+        embedding: torch.Tensor,
+        n_timesteps: int,
+    ) -> None:
+        """prompt_mel: (2P, 80) float32; embedding: (192,) x-vector."""
+        parameter = next(flow.parameters())
+        self.flow = flow
+        self.device, self.dtype = parameter.device, parameter.dtype
+        self.lookahead = flow.pre_lookahead_len
+        self.stride = flow.encoder.stride
+        self.encoder_chunk = flow.encoder.config.static_chunk_size  # tokens; 0: no chunks, never cached
+        self.estimator_chunk = flow.decoder.estimator.config.static_chunk_size  # frames
+        with torch.inference_mode():
+            self.prompt_mel = prompt_mel.to(self.device, self.dtype).t().unsqueeze(0)  # (1, 80, 2P)
+            self.spks = flow.spk_embed_affine_layer(F.normalize(embedding.to(self.device, self.dtype)[None], dim=1))
+        self.token_cache = WindowCache()
+        self.frame_cache = WindowCache()
+        self.step_caches = [WindowCache() for _ in range(n_timesteps)]
+        self.token_start = 0  # encoder: tokens before this are in token_cache / frame_cache
+        self.frame_start = 0  # estimator: frames before this are in step_caches
+        self.mu = torch.zeros(1, flow.config.output_size, 0, device=self.device, dtype=self.dtype)
+
+    def nbytes(self) -> int:
+        caches = [self.token_cache, self.frame_cache, *self.step_caches]
+        return sum(c.nbytes() for c in caches) + self.mu.numel() * self.mu.element_size()
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor, emit_from: int) -> np.ndarray:
+        """tokens: (n,) int64, prompt tokens then every generated token so far, the last
+        `lookahead` of them withheld as look-ahead. Returns the mel [80, T - emit_from] of the
+        frames from absolute frame `emit_from` (prompt frames included) to T = stride·(n - lookahead);
+        emit_from must not precede the start of the estimator chunk left incomplete last time."""
+        main = tokens.numel() - self.lookahead
+        frames = main * self.stride
+        if main < 1 or not self.frame_start <= emit_from <= frames:
+            raise ValueError(f"incremental flow: {tokens.numel()} tokens, emit_from {emit_from}, "
+                             f"cached frames {self.frame_start}")
+        mu = self._encode(tokens.to(self.device), main)  # (1, 80, frames)
+
+        start = self.frame_start
+        stable = frames // self.estimator_chunk * self.estimator_chunk
+        cond = torch.zeros(1, mu.size(1), frames - start, device=self.device, dtype=self.dtype)
+        prompt_end = min(self.prompt_mel.size(2), frames)
+        if prompt_end > start:
+            cond[:, :, : prompt_end - start] = self.prompt_mel[:, :, start:prompt_end]
+        mel = self.flow.decoder.forward_window(
+            mu[:, :, start:], self.spks, cond, start, self.step_caches, stable - start
+        )
+        self.frame_start = stable
+        return mel[0, :, emit_from - start :].cpu().numpy().copy()
+
+    def _encode(self, tokens: torch.Tensor, main: int) -> torch.Tensor:
+        """mu (1, 80, stride·main) of the encoder: cached frames, then the window's."""
+        start = self.token_start
+        first = max(0, start - 2)  # see UpsampleConformerEncoder.forward_window
+        embedded = self.flow.input_embedding(tokens[first:].long()).unsqueeze(0)
+        hidden = self.flow.encoder.forward_window(embedded, start, main, self.token_cache, self.frame_cache)
+        stable = main // self.encoder_chunk * self.encoder_chunk if self.encoder_chunk > 0 else 0
+        self.token_cache.commit(stable - start)
+        self.frame_cache.commit((stable - start) * self.stride)
+        mu = torch.cat([self.mu, self.flow.encoder_proj(hidden).transpose(1, 2)], dim=2)
+        self.mu = mu[:, :, : stable * self.stride]
+        self.token_start = stable
+        return mu
