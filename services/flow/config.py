@@ -23,7 +23,11 @@ class FlowServiceConfig(BatchingStageConfig):
     max_send_message_bytes: int = setting(8 * MIB, "largest gRPC message sent (a mel chunk)")
 
     max_batch_padding: float = setting(1.2, "batch chunks only while padding costs at most this × their real length")
+    # docs/incremental-flow.md: exact within float rounding; the caches grow with each stream.
+    incremental: bool = setting(True, "non-final streaming chunks reuse the stream's flow caches, not a re-run of the prefix")
+    incremental_cache_mib: int = setting(4096, "flow caches of all streams together; past it a stream re-runs its prefix")
 
     def validate(self) -> None:
         super().validate()
         check(self.max_batch_padding >= 1.0, self, "max_batch_padding", "must be >= 1.0")
+        check(self.incremental_cache_mib >= 0, self, "incremental_cache_mib", "must be >= 0")
