@@ -42,6 +42,9 @@ commands:
   download-model NAME DIR [--hub huggingface|modelscope] [--revision R] [--force]
                                             fetch an official model (e.g. CosyVoice2-0.5B) from a
                                             hub, then check it
+  export {onnx,trt} --model-dir DIR [--out DIR] [--dtype float32|float16|bfloat16]
+                                            write the flow estimator and HiFT as ONNX (checked
+                                            against torch) or TensorRT engines (docs/backends.md)
   health [HOST:PORT] [--service NAME]       exit 0 if the service reports SERVING (the images'
                                             healthcheck)
   --version                                 print the version
@@ -133,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from services.cli.download_model import main as download_model_main
 
         download_model_main(rest)
+    elif command == "export":
+        from services.cli.export import main as export_main
+
+        export_main(rest)
     elif command == "make-tiny-model":
         from services.tinymodel.writer import main as tiny_main
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from services.common.backends.settings import BackendStageConfig
 from services.common.config import MIB, check, metrics_port_setting, setting
-from services.common.stage_config import BatchingStageConfig
 
 
 @dataclasses.dataclass
-class FlowServiceConfig(BatchingStageConfig):
+class FlowServiceConfig(BackendStageConfig):  # backend settings: docs/backends.md
     """The flow stage: speech tokens in, mel frames out."""
 
     ENV_PREFIX = "COSYVOICE_FLOW_"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Sequence
 
 from prometheus_client import CollectorRegistry
@@ -17,12 +18,14 @@ from services.flow.config import FlowServiceConfig
 from services.flow.metrics import FlowMetrics
 from services.flow.servicer import FlowDecoderServicer
 
+logger = logging.getLogger(__name__)
 SERVICE_NAME = flow_pb2.DESCRIPTOR.services_by_name["FlowDecoder"].full_name
 WARMUP_TOKENS = 60
 
 
 def load_runner(config: FlowServiceConfig, metrics: FlowMetrics):  # noqa: ANN202 - torch stays lazy
     from services.common.modeldir.layout import ModelDir
+    from services.flow.backends import install_estimator_backend
     from services.flow.model.loader import load_flow
     from services.flow.runner import FlowRunner
     from services.flow.speakers import SpeakerTable
@@ -30,6 +33,7 @@ def load_runner(config: FlowServiceConfig, metrics: FlowMetrics):  # noqa: ANN20
     config.apply_threads()
     model_dir = ModelDir.open(config.model_dir)
     flow = load_flow(model_dir, config.device, config.torch_dtype())
+    logger.info("flow estimator backend: %s", install_estimator_backend(flow, config, model_dir))
     speakers = SpeakerTable.load(model_dir.spk2info_path)
     return FlowRunner(
         flow, speakers, metrics, config.max_batch_size, config.max_batch_wait_ms / 1000, config.max_batch_padding,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from services.common.backends.settings import BackendStageConfig
 from services.common.config import MIB, check, metrics_port_setting, setting
-from services.common.stage_config import BatchingStageConfig
 from services.vocoder.api import SPEED_RANGE
 
 MEL_BINS = 80
@@ -13,7 +13,7 @@ SAMPLES_PER_FRAME = 480  # 24 kHz audio from 50 Hz mel frames (CosyVoice 2's HiF
 
 
 @dataclasses.dataclass
-class VocoderServiceConfig(BatchingStageConfig):
+class VocoderServiceConfig(BackendStageConfig):  # backend settings: docs/backends.md
     """The vocoder stage: mel frames in, 24 kHz PCM out."""
 
     ENV_PREFIX = "COSYVOICE_VOCODER_"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Sequence
 
 import numpy as np
@@ -18,17 +19,21 @@ from services.vocoder.config import VocoderServiceConfig
 from services.vocoder.metrics import VocoderMetrics
 from services.vocoder.servicer import VocoderServicer
 
+logger = logging.getLogger(__name__)
 SERVICE_NAME = vocoder_pb2.DESCRIPTOR.services_by_name["Vocoder"].full_name
 WARMUP_FRAMES = 50
 
 
 def load_runner(config: VocoderServiceConfig, metrics: VocoderMetrics):  # noqa: ANN202 - torch stays lazy
     from services.common.modeldir.layout import ModelDir
+    from services.vocoder.backends import install_network_backend
     from services.vocoder.model.loader import load_hift
     from services.vocoder.runner import VocoderRunner
 
     config.apply_threads()
-    hift = load_hift(ModelDir.open(config.model_dir), config.device, config.torch_dtype())
+    model_dir = ModelDir.open(config.model_dir)
+    hift = load_hift(model_dir, config.device, config.torch_dtype())
+    logger.info("vocoder network backend: %s", install_network_backend(hift, config, model_dir))
     return VocoderRunner(
         hift, metrics, config.max_batch_size, config.max_batch_wait_ms / 1000, nice_increment=config.compute_nice,
         max_chunk_frames=config.max_chunk_frames, max_sessions=config.max_sessions,
