@@ -38,26 +38,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Protocol, Sequence
 
-from services.cli.bench_report import (
-    SYSTEMS,
-    RequestRecord,
-    jsonable,
-    check_targets,
-    compare,
-    format_table,
-    format_targets,
-    summarize,
-)
+from services.cli.bench_report import RequestRecord, compare, summarize
 
-DEFAULT_CONCURRENCIES = (1, 4, 16)
+DEFAULT_CONCURRENCIES = (1, 4, 8, 16)
 MIN_REQUESTS = 8
 # Sentences of different lengths. With the random-weight tiny model the LLM runs to its
 # length limit (20 speech tokens per text token), which makes 6 to 13 s of audio each.
@@ -244,7 +232,7 @@ def _request_row(record: RequestRecord) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line.
+# The monolith and the command line (services/cli/bench_cli.py).
 
 
 def _parse_concurrencies(text: str) -> list[int]:
@@ -257,52 +245,20 @@ def _parse_concurrencies(text: str) -> list[int]:
     return values
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cosyvoice bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model-dir", help="CosyVoice2 model directory (default: the tiny model, written if missing)")
-    parser.add_argument("--address", help="benchmark this running gateway instead of starting the split stack "
-                        "(the monolith still loads --model-dir: pass the gateway's)")
-    parser.add_argument("--only", choices=SYSTEMS, help="benchmark one system only")
-    parser.add_argument("--concurrency", type=_parse_concurrencies, default=list(DEFAULT_CONCURRENCIES),
-                        help="comma-separated levels (default 1,4,16)")
-    parser.add_argument("--requests", type=int, default=None,
-                        help=f"requests per level (default: 2 × C, at least {MIN_REQUESTS})")
-    parser.add_argument("--text", action="append", default=None,
-                        help="a request text; repeat for several, used round-robin (default: 4 built-in sentences)")
-    parser.add_argument("--texts-file", help="request texts, one per line")
-    parser.add_argument("--seed", type=int, default=0, help="request i uses seed SEED + i (the same on both systems)")
-    parser.add_argument("--speaker-id", default="", help="preset speaker (default: the model's)")
-    parser.add_argument("--warmup", type=int, default=2, help="unmeasured requests per system before the levels")
-    parser.add_argument("--num-threads", type=int, default=1,
-                        help="torch CPU threads per stage, split and monolith alike (default 1; 0: torch's default)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: split stage i on GPU i mod count")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
-    parser.add_argument("--start-timeout", type=float, default=600.0, help="seconds to wait for each stage process")
-    parser.add_argument("--json", dest="json_path", help="also write the results as JSON to this path")
-    return parser
+def gateway_config() -> Any:
+    """The COSYVOICE_GATEWAY_* settings (chunk schedule, queue depth) without a gateway."""
+    from gateway.config import GatewayConfig
+    from services.common.config import load_config
+
+    unused = "unused:0"  # the gateway's stage addresses mean nothing here
+    return load_config(GatewayConfig, ["--llm-addr", unused, "--flow-addr", unused, "--vocoder-addr", unused,
+                                       "--frontend-addr", unused])
 
 
-def _texts(args: argparse.Namespace) -> list[str]:
-    texts = list(args.text or [])
-    if args.texts_file:
-        texts += [line.strip() for line in Path(args.texts_file).read_text().splitlines() if line.strip()]
-    return texts or list(DEFAULT_TEXTS)
-
-
-def _thread_env(num_threads: int) -> dict[str, str]:
-    env = dict(os.environ)
-    if num_threads > 0:
-        env.update({name: str(num_threads) for name in THREAD_ENV})
-    return env
-
-
-async def _load_monolith(model_dir: Path, device: str, num_threads: int) -> Any:
+async def load_monolith(model_dir: Path, device: str, num_threads: int) -> Any:
     """The monolith with the settings the stage processes get: the same flags, and the same
     COSYVOICE_<STAGE>_* environment variables (so e.g. COSYVOICE_FLOW_MAX_BATCH_SIZE=1 applies
     to both systems); the chunk schedule and queue depth from the COSYVOICE_GATEWAY_* ones."""
-    from gateway.config import GatewayConfig
     from services.common.config import load_config
     from services.flow.config import FlowServiceConfig
     from services.llm.config import LLMServiceConfig
@@ -310,85 +266,14 @@ async def _load_monolith(model_dir: Path, device: str, num_threads: int) -> Any:
     from services.vocoder.config import VocoderServiceConfig
 
     flags = ["--model-dir", str(model_dir), "--device", device, "--num-threads", str(num_threads)]
-    unused = "unused:0"  # the gateway's stage addresses mean nothing here
-    gateway = load_config(GatewayConfig, ["--llm-addr", unused, "--flow-addr", unused, "--vocoder-addr", unused,
-                                          "--frontend-addr", unused])
+    gateway = gateway_config()
     return await MonolithPipeline.start(
         load_config(LLMServiceConfig, flags), load_config(FlowServiceConfig, flags),
         load_config(VocoderServiceConfig, flags), gateway.chunk_policy, gateway.stage_queue_chunks,
     )
 
 
-async def _run(args: argparse.Namespace, address: str | None, model_dir: Path | None, texts: list[str]) -> list[dict]:
-    def log(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
-    targets: dict[str, Any] = {}
-    try:
-        if address is not None:
-            targets["split"] = GatewayTarget(address)
-        if model_dir is not None:
-            log(f"loading the monolith from {model_dir}")
-            targets["monolith"] = MonolithTarget(await _load_monolith(model_dir, args.device, args.num_threads))
-        return await run_bench(
-            targets, args.concurrency, texts, args.seed, args.requests, args.warmup, args.timeout,
-            args.speaker_id, log,
-        )
-    finally:
-        for target in targets.values():
-            await target.close()
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    from services.cli.up import ensure_model_dir, start_stack, stop_all, wait_serving
+    from services.cli.bench_cli import main as cli_main
 
-    if argv and argv[0] == "voices":  # `cosyvoice bench voices`: registered vs inline prompts
-        from services.cli.bench_voices import main as voices_main
-
-        voices_main(argv[1:])
-        return
-    args = build_parser().parse_args(argv)
-    texts = _texts(args)
-    if args.num_threads < 0 or (args.requests is not None and args.requests < 1) or args.warmup < 0:
-        raise SystemExit("cosyvoice bench: --num-threads and --warmup must be >= 0, --requests >= 1")
-    # Before torch is imported in this process (tiny-model writer, monolith): OpenMP reads it once.
-    os.environ.update({k: v for k, v in _thread_env(args.num_threads).items() if k in THREAD_ENV})
-    run_split = args.only in (None, "split")
-    run_monolith = args.only in (None, "monolith")
-    model_dir = ensure_model_dir(args.model_dir) if (run_monolith or not args.address) else None
-    children = []
-    address = args.address if run_split else None
-    try:
-        if run_split and not args.address:
-            print(f"starting the split stack (5 processes, {args.num_threads or 'default'} torch thread(s) per stage)",
-                  file=sys.stderr, flush=True)
-            stage_args = ["--num-threads", str(args.num_threads), "--log-level", "WARNING"]
-            children = start_stack(model_dir, args.device, "127.0.0.1", 0, args.start_timeout, stage_args,
-                                   ["--log-level", "WARNING"], _thread_env(args.num_threads))
-            address = children[0].address
-            if not wait_serving(address, args.start_timeout):
-                raise SystemExit(f"cosyvoice bench: the gateway at {address} did not become SERVING")
-        levels = asyncio.run(_run(args, address, model_dir if run_monolith else None, texts))
-    finally:
-        stop_all(children, grace=10.0)
-    targets = check_targets(levels)
-    where = f"gateway {args.address}" if args.address else "split stack started here (5 processes, loopback)"
-    print(f"\ncosyvoice bench: model {model_dir or '(the gateway’s)'}; {where}; device {args.device}; "
-          f"torch threads per stage {args.num_threads or 'default'}; {len(texts)} texts, seeds from {args.seed}\n")
-    print(format_table(levels))
-    if targets:
-        print("targets:")
-        print(format_targets(targets))
-    if args.json_path:
-        result = {
-            "config": {
-                "model_dir": str(model_dir) if model_dir else None, "address": args.address,
-                "device": args.device, "num_threads": args.num_threads, "concurrency": args.concurrency,
-                "requests": args.requests, "warmup": args.warmup, "seed": args.seed, "texts": texts,
-                "speaker_id": args.speaker_id, "cpu_count": os.cpu_count(),
-            },
-            "levels": levels,
-            "targets": targets,
-        }
-        Path(args.json_path).write_text(json.dumps(jsonable(result), indent=2, ensure_ascii=False) + "\n")
-        print(f"\nwrote {args.json_path}")
+    cli_main(argv)

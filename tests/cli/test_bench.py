@@ -18,6 +18,7 @@ from services.cli.bench import (
     run_bench,
     run_level,
 )
+from services.cli.bench_cli import build_parser
 from services.cli.bench_report import RequestRecord, count_underruns, percentile, summarize
 from tests.stack import running_stack
 
@@ -177,11 +178,10 @@ def test_requests_per_level_default_and_override():
 
 
 def test_parser_defaults():
-    args = bench.build_parser().parse_args([])
-    assert args.concurrency == [1, 4, 16] and args.num_threads == 1 and args.address is None
-    assert bench.build_parser().parse_args(["--concurrency", "2,8"]).concurrency == [2, 8]
-    with pytest.raises(SystemExit):
-        bench.build_parser().parse_args(["--concurrency", "0"])
+    args = build_parser().parse_args([])
+    assert args.concurrency == [1, 4, 8, 16] and args.num_threads == 1 and args.address is None
+    assert args.backend is None and args.dtype is None and args.plot is None
+    assert build_parser().parse_args(["--concurrency", "2,8"]).concurrency == [2, 8]
 
 
 # --- the machinery end to end, tiny --------------------------------------------------------
@@ -189,7 +189,7 @@ def test_parser_defaults():
 
 @pytest.fixture
 async def monolith(tiny_model_dir):
-    monolith = await bench._load_monolith(tiny_model_dir, "cpu", num_threads=1)
+    monolith = await bench.load_monolith(tiny_model_dir, "cpu", num_threads=1)
     yield monolith
     await monolith.close()
 
@@ -226,4 +226,5 @@ def test_cli_runs_the_monolith_alone_and_writes_json(tiny_model_dir, tmp_path, m
     (level,) = result["levels"]
     assert level["monolith"]["requests"] == 1 and level["monolith"]["errors"] == 0
     assert "split" not in level and result["config"]["num_threads"] == 1
+    assert result["config"]["load"]["before"]["nproc"] >= 1
     assert "monolith" in capsys.readouterr().out

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""What batching can buy the flow and the LLM on this CPU: throughput and achieved FLOP/s per
+batch size, against the machine's measured float32 matmul peak, all in one run.
+
+1. Peak: a square float32 matmul (torch.mm, n = --matmul-n) on 1 and 2 threads, best of runs.
+2. Flow (the stage's own `decode_chunk_batch`, random-weight model of --model-dir): B streams'
+   non-final chunks of 28 tokens (a first chunk: 25 + 3 look-ahead) and of 78 tokens (a
+   second chunk re-decodes 25 + 50 + 3), B = 1, 2, 4, 8, all in one batch. Throughput in
+   chunks/s and its ratio to B = 1; FLOPs of one call counted by
+   torch.utils.flop_counter.FlopCounterMode (matmuls, convolutions, attention; elementwise
+   ops are not counted, so achieved FLOP/s is a lower bound).
+3. Flow batch forming: 4 × 28-token + 4 × 78-token chunks waiting together, run as the
+   runner does (length_buckets, padding ≤ 1.2×: two batches), as one padded batch of 8, and
+   one by one.
+4. LLM forward (backbone + speech head for one decode token per stream, context 100
+   positions), B = 1, 4, 16, 64: tokens/s, ratio to B = 1, FLOPs and FLOP/s.
+
+Usage: python scripts/flop_analysis.py [--model-dir DIR] [--threads 1] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from services.common.batching import length_buckets  # noqa: E402
+from services.common.modeldir.layout import ModelDir  # noqa: E402
+from services.flow.chunk_decoder import ChunkJob, FlowSession, decode_chunk_batch  # noqa: E402
+from services.flow.model.loader import load_flow  # noqa: E402
+from services.llm.model.loader import load_llm  # noqa: E402
+
+FLOW_BATCHES = (1, 2, 4, 8)
+LLM_BATCHES = (1, 4, 16, 64)
+CHUNKS = {28: 0, 78: 25}  # tokens decoded → tokens already emitted (offset)
+LLM_CONTEXT = 100
+
+
+def timed(fn: Callable[[], object], min_seconds: float, min_runs: int = 3) -> float:
+    """Median seconds per call over at least `min_runs` calls and `min_seconds` (after one warm call)."""
+    fn()
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - started < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(n: int, threads: int, min_seconds: float) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    fn = lambda: torch.mm(a, b)  # noqa: E731
+    fn()
+    best = min(timed(fn, min_seconds / 3) for _ in range(3))
+    return 2 * n**3 / best
+
+
+def flow_jobs(flow: torch.nn.Module, length: int, count: int, seed: int = 0) -> list[ChunkJob]:
+    generator = torch.Generator().manual_seed(seed)
+    vocab = int(flow.input_embedding.num_embeddings)
+    jobs = []
+    for _ in range(count):
+        session = FlowSession(torch.zeros(0, dtype=torch.long), torch.zeros(0, 80), torch.randn(192, generator=generator))
+        tokens = tuple(torch.randint(0, vocab, (length,), generator=generator).tolist())
+        jobs.append(ChunkJob(session, tokens, CHUNKS[length], finalize=False))
+    return jobs
+
+
+def bench_flow(flow: torch.nn.Module, peak: float, min_seconds: float) -> list[dict]:
+    rows = []
+    for length in CHUNKS:
+        base = None
+        for batch in FLOW_BATCHES:
+            jobs = flow_jobs(flow, length, batch)
+            call = lambda: decode_chunk_batch(flow, jobs)  # noqa: E731
+            seconds = timed(call, min_seconds)
+            flops = count_flops(call)
+            throughput = batch / seconds
+            base = base or throughput
+            rows.append({"tokens": length, "batch": batch, "ms_per_call": 1e3 * seconds, "chunks_per_s": throughput,
+                         "ratio": throughput / base, "gflop_per_call": flops / 1e9, "gflop_per_s": flops / seconds / 1e9,
+                         "fraction_of_peak": flops / seconds / peak})
+            print(f"flow {length:>3} tokens  B={batch:<2} {1e3 * seconds:8.1f} ms/call  {throughput:7.2f} chunks/s  "
+                  f"{throughput / base:5.2f}×  {flops / 1e9:7.3f} GFLOP  {flops / seconds / 1e9:6.2f} GFLOP/s  "
+                  f"{100 * flops / seconds / peak:5.1f} % of peak", flush=True)
+    return rows
+
+
+def bench_batch_forming(flow: torch.nn.Module, padding: float, min_seconds: float) -> dict:
+    jobs = flow_jobs(flow, 28, 4, seed=1) + flow_jobs(flow, 78, 4, seed=2)
+    lengths = [len(j.tokens) for j in jobs]
+    groups = length_buckets(lengths, padding)
+
+    def bucketed() -> None:
+        for group in groups:
+            decode_chunk_batch(flow, [jobs[i] for i in group])
+
+    variants = {
+        f"length_buckets (≤{padding}× padding): {len(groups)} batches of {[len(g) for g in groups]}": bucketed,
+        "one padded batch of 8": lambda: decode_chunk_batch(flow, jobs),
+        "one by one (8 calls)": lambda: [decode_chunk_batch(flow, [j]) for j in jobs],
+    }
+    result = {}
+    for name, fn in variants.items():
+        seconds = timed(fn, min_seconds)
+        result[name] = 1e3 * seconds
+        print(f"flow mix 4×28 + 4×78  {name:<55} {1e3 * seconds:8.1f} ms", flush=True)
+    return result
+
+
+@torch.inference_mode()
+def bench_llm(model: torch.nn.Module, peak: float, min_seconds: float) -> list[dict]:
+    cache = model.new_kv_cache(max(LLM_BATCHES), LLM_CONTEXT + 8)
+    rows = []
+    base = None
+    for batch in LLM_BATCHES:
+        tokens = torch.randint(0, int(model.speech_embedding.num_embeddings), (batch,))
+        plan = cache.plan(list(range(batch)), [LLM_CONTEXT] * batch, [1] * batch)
+
+        def step() -> torch.Tensor:
+            hidden = model(model.embed_speech_tokens(tokens).unsqueeze(1), plan, cache)[:, 0]
+            return model.log_probs(hidden)
+
+        seconds = timed(step, min_seconds)
+        flops = count_flops(step)
+        throughput = batch / seconds
+        base = base or throughput
+        rows.append({"batch": batch, "ms_per_step": 1e3 * seconds, "tokens_per_s": throughput,
+                     "ratio": throughput / base, "mflop_per_step": flops / 1e6, "gflop_per_s": flops / seconds / 1e9,
+                     "fraction_of_peak": flops / seconds / peak})
+        print(f"llm  forward       B={batch:<3}{1e3 * seconds:8.2f} ms/step  {throughput:8.0f} tokens/s  "
+              f"{throughput / base:5.2f}×  {flops / 1e6:8.1f} MFLOP  {flops / seconds / 1e9:6.2f} GFLOP/s  "
+              f"{100 * flops / seconds / peak:5.1f} % of peak", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, help="model directory (default: the tiny model, written if missing)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the flow and LLM (the stages' 1)")
+    parser.add_argument("--matmul-n", type=int, default=1024)
+    parser.add_argument("--min-seconds", type=float, default=1.0, help="timing per measurement")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    from services.cli.up import ensure_model_dir
+
+    model_dir = ModelDir.open(ensure_model_dir(str(args.model_dir) if args.model_dir else None))
+    load = os.getloadavg()
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, nproc {os.cpu_count()}, "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; model {model_dir.root}", flush=True)
+    peaks = {t: matmul_peak(args.matmul_n, t, args.min_seconds) for t in (1, 2)}
+    for t, p in peaks.items():
+        print(f"peak float32 matmul {args.matmul_n}³, {t} thread(s): {p / 1e9:7.1f} GFLOP/s", flush=True)
+    torch.set_num_threads(args.threads)
+    peak = peaks.get(args.threads) or peaks[1]
+    flow = load_flow(model_dir)
+    flow_rows = bench_flow(flow, peak, args.min_seconds)
+    forming = bench_batch_forming(flow, 1.2, args.min_seconds)
+    llm_rows = bench_llm(load_llm(model_dir), peak, args.min_seconds)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "config": {"model_dir": str(model_dir.root), "threads": args.threads, "matmul_n": args.matmul_n,
+                       "nproc": os.cpu_count(), "load_average_before": load, "torch": torch.__version__},
+            "peak_gflop_per_s": {str(t): p / 1e9 for t, p in peaks.items()},
+            "flow": flow_rows, "flow_batch_forming_ms": forming, "llm_forward": llm_rows,
+            "load_average_after": os.getloadavg(),
+        }, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
