@@ -26,6 +26,7 @@ class FlowServiceConfig(BackendStageConfig):  # backend settings: docs/backends.
     # docs/incremental-flow.md: exact within float rounding; the caches grow with each stream.
     incremental: bool = setting(True, "non-final streaming chunks reuse the stream's flow caches, not a re-run of the prefix")
     incremental_cache_mib: int = setting(4096, "flow caches of all streams together; past it a stream re-runs its prefix")
+    incremental_chunked_final: bool = setting(False, "approximate: the final chunk keeps chunk masks and caches (upstream: full attention)")
 
     def validate(self) -> None:
         super().validate()

@@ -39,6 +39,7 @@ def load_runner(config: FlowServiceConfig, metrics: FlowMetrics):  # noqa: ANN20
         flow, speakers, metrics, config.max_batch_size, config.max_batch_wait_ms / 1000, config.max_batch_padding,
         nice_increment=config.compute_nice, max_sessions=config.max_sessions,
         incremental=config.incremental, incremental_cache_bytes=config.incremental_cache_mib * 2**20,
+        chunked_final=config.incremental_chunked_final,
     )
 
 

@@ -9,7 +9,8 @@ import torch
 from services.llm.engine.config import EngineConfig
 from services.llm.engine.sequence import Sequence
 from services.llm.model.cosyvoice2_lm import CosyVoice2LM
-from services.llm.model.sampling import new_generator, sample_next_token
+from services.llm.model.batched_sampling import SampleRow, sample_batch
+from services.llm.model.sampling import new_generator
 
 
 class SlotError(RuntimeError):
@@ -57,12 +58,16 @@ class ModelRunner:
         # Run rows in slot order: consecutive slots make the cache read a view.
         order = sorted(range(len(seqs)), key=lambda i: seqs[i].slot)
         ordered = [seqs[i] for i in order]
-        hidden = self._prefill(ordered) if is_prefill else self._decode(ordered)
-        log_probs = self.model.log_probs(hidden).float().cpu()
+        sampled = self._sample(ordered, self.forward(ordered, is_prefill))
         tokens = [0] * len(seqs)
         for row, index in enumerate(order):
-            tokens[index] = self._sample(seqs[index], log_probs[row])
+            tokens[index] = sampled[row]
         return tokens
+
+    def forward(self, seqs: list[Sequence], is_prefill: bool) -> torch.Tensor:
+        """Log-probs [len(seqs), V] of the next token, on the model's device and dtype."""
+        hidden = self._prefill(seqs) if is_prefill else self._decode(seqs)
+        return self.model.log_probs(hidden)
 
     def _prefill(self, seqs: list[Sequence]) -> torch.Tensor:
         # New prompts start at 0; bistream extends continue after what their slot holds.
@@ -89,15 +94,29 @@ class ModelRunner:
         plan = self.cache.plan([seq.slot for seq in seqs], [seq.decode_position for seq in seqs], [1] * len(seqs))
         return self.model(inputs, plan, self.cache)[:, 0]
 
-    def _sample(self, seq: Sequence, log_probs: torch.Tensor) -> int:
-        feed = seq.bistream
-        if feed is not None:
-            # A forced FILL draws nothing from the generator (the reference skips sampling);
-            # the RAS window is the reference's out_tokens, FILLs included.
-            forced = feed.forced_token()
-            if forced is not None:
-                return forced
-            return sample_next_token(log_probs, feed.history, seq.params, seq.generator, feed.masked_token())
-        # Upstream masks EOS (only that id) while i < min_len, i = tokens emitted so far.
-        masked = self.model.eos_token if len(seq.output_tokens) < seq.min_tokens else None
-        return sample_next_token(log_probs, seq.output_tokens, seq.params, seq.generator, masked)
+    def _sample(self, seqs: list[Sequence], log_probs: torch.Tensor) -> list[int]:
+        """One token per row, the whole batch at once: one transfer of the log-probs to the
+        host, and no per-sequence device sync."""
+        tokens: list[int | None] = [None] * len(seqs)
+        rows: list[SampleRow] = []
+        sampled: list[int] = []
+        for i, seq in enumerate(seqs):
+            feed = seq.bistream
+            if feed is not None:
+                # A forced FILL draws nothing from the generator (the reference skips sampling);
+                # the RAS window is the reference's out_tokens, FILLs included.
+                tokens[i] = feed.forced_token()
+                if tokens[i] is None:
+                    rows.append(SampleRow(seq.params, seq.generator, feed.history, feed.masked_token()))
+                    sampled.append(i)
+                continue
+            # Upstream masks EOS (only that id) while i < min_len, i = tokens emitted so far.
+            masked = self.model.eos_token if len(seq.output_tokens) < seq.min_tokens else None
+            rows.append(SampleRow(seq.params, seq.generator, seq.output_tokens, masked))
+            sampled.append(i)
+        if rows:
+            if len(rows) < len(seqs):
+                log_probs = log_probs[torch.tensor(sampled, device=log_probs.device)]
+            for i, token in zip(sampled, sample_batch(log_probs, rows)):
+                tokens[i] = token
+        return tokens  # type: ignore[return-value]
