@@ -100,14 +100,15 @@ def decode_chunk_batch(flow: torch.nn.Module, jobs: list[ChunkJob]) -> list[np.n
 
 
 def decode_incremental(flow: torch.nn.Module, job: ChunkJob, state: IncrementalFlow) -> np.ndarray:
-    """A non-final job's mel [80, n] from the stream's caches: the same frames as
-    decode_chunk_batch up to float rounding. A failure leaves the caches half-updated, so the
-    stream drops them and its later chunks take the full path (same output, slower)."""
+    """A job's mel [80, n] from the stream's caches: for a non-final job the same frames as
+    decode_chunk_batch up to float rounding; a final job keeps the chunk masks (an approximation
+    of the full-attention final, see IncrementalFlow.decode). A failure leaves the caches
+    half-updated, so the stream drops them and its later chunks take the full path."""
     ratio = int(flow.token_mel_ratio)
     prompt = job.session.prompt_tokens
     tokens = torch.cat([prompt, torch.tensor(job.tokens, dtype=torch.long)])
     try:
-        return state.decode(tokens, (prompt.numel() + job.offset) * ratio)
+        return state.decode(tokens, (prompt.numel() + job.offset) * ratio, chunked_final=job.finalize)
     except BaseException:
         if job.session.incremental is state:
             job.session.incremental = None

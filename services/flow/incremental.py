@@ -55,12 +55,16 @@ class IncrementalFlow:
         return sum(c.nbytes() for c in caches) + self.mu.numel() * self.mu.element_size()
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, emit_from: int) -> np.ndarray:
+    def decode(self, tokens: torch.Tensor, emit_from: int, chunked_final: bool = False) -> np.ndarray:
         """tokens: (n,) int64, prompt tokens then every generated token so far, the last
         `lookahead` of them withheld as look-ahead. Returns the mel [80, T - emit_from] of the
         frames from absolute frame `emit_from` (prompt frames included) to T = stride·(n - lookahead);
-        emit_from must not precede the start of the estimator chunk left incomplete last time."""
-        main = tokens.numel() - self.lookahead
+        emit_from must not precede the start of the estimator chunk left incomplete last time.
+
+        chunked_final: the last call of the stream, still with chunk masks (zeros as look-ahead,
+        T = stride·n). Upstream's final call uses full attention instead, which changes every
+        frame; this approximation is measured in docs/incremental-flow.md."""
+        main = tokens.numel() - (0 if chunked_final else self.lookahead)
         frames = main * self.stride
         if main < 1 or not self.frame_start <= emit_from <= frames:
             raise ValueError(f"incremental flow: {tokens.numel()} tokens, emit_from {emit_from}, "

@@ -52,6 +52,7 @@ class FlowRunner:
         max_sessions: int = 128,
         incremental: bool = False,
         incremental_cache_bytes: int = 4 << 30,
+        chunked_final: bool = False,
     ) -> None:
         self.flow = flow
         # Non-final chunks from per-stream caches (docs/incremental-flow.md). The caches run the
@@ -61,6 +62,7 @@ class FlowRunner:
             incremental = False
         self.incremental = incremental
         self.incremental_cache_bytes = incremental_cache_bytes
+        self.chunked_final = chunked_final  # approximate: the final chunk keeps chunk masks and caches
         self.incremental_states: weakref.WeakSet[IncrementalFlow] = weakref.WeakSet()
         self._states_lock = threading.Lock()  # streams open on the loop while the batch thread sums
         self.max_sessions = max_sessions
@@ -158,7 +160,7 @@ class FlowRunner:
         full = []
         for index, job in enumerate(jobs):
             state = job.session.incremental
-            if state is not None and not job.finalize:
+            if state is not None and (not job.finalize or self.chunked_final):
                 # One stream at a time: windows and cached lengths differ per stream.
                 results[index] = decode_incremental(self.flow, job, state)
                 if job.session.incremental is state and self.incremental_bytes() > self.incremental_cache_bytes:

@@ -224,3 +224,27 @@ async def test_the_service_streams_the_full_rerun_mel_and_frees_on_cancel(tiny_m
         await eventually(lambda: runner.num_sessions == 0, what="the session being closed")
         gc.collect()
         assert len(runner.incremental_states) == 0 and runner.incremental_bytes() == 0
+
+
+async def test_the_chunked_final_switch_reuses_the_caches_and_only_changes_the_final_chunk(our_flow):
+    """COSYVOICE_FLOW_INCREMENTAL_CHUNKED_FINAL: the final chunk keeps chunk masks instead of
+    upstream's full attention, so only it differs, by an amount docs/incremental-flow.md measures."""
+    request = make_request(120, 7, seed=73)
+    pieces = _hops(120, 7, None)
+    chunked = FlowRunner(our_flow, SpeakerTable({}), FlowMetrics(CollectorRegistry()), incremental=True,
+                         chunked_final=True)
+    off = _runner(our_flow, False)
+    chunked.start()
+    off.start()
+    try:
+        approximate = await _stream(chunked, request, pieces)
+        full = await _stream(off, request, pieces)
+    finally:
+        await chunked.close()
+        await off.close()
+    assert [m.shape for m in approximate] == [m.shape for m in full]
+    for a, b in zip(approximate[:-1], full[:-1]):
+        assert np.abs(a - b).max() <= MEL_TOLERANCE
+    assert np.abs(approximate[-1] - full[-1]).max() > MEL_TOLERANCE  # full attention there, not chunks
+    gc.collect()
+    assert len(chunked.incremental_states) == 0
