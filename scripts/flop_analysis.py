@@ -12,7 +12,8 @@ batch size, against the machine's measured float32 matmul peak, all in one run.
 3. Flow batch forming: 4 × 28-token + 4 × 78-token chunks waiting together, run as the
    runner does (length_buckets, padding ≤ 1.2×: two batches), as one padded batch of 8, and
    one by one.
-4. LLM forward (backbone + speech head for one decode token per stream, context 100
+4. The incremental flow path (one stream per call) for the same two chunks.
+5. LLM forward (backbone + speech head for one decode token per stream, context 100
    positions), B = 1, 4, 16, 64: tokens/s, ratio to B = 1, FLOPs and FLOP/s.
 
 Usage: python scripts/flop_analysis.py [--model-dir DIR] [--threads 1] [--json out.json]
@@ -37,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.common.batching import length_buckets  # noqa: E402
 from services.common.modeldir.layout import ModelDir  # noqa: E402
-from services.flow.chunk_decoder import ChunkJob, FlowSession, decode_chunk_batch  # noqa: E402
+from services.flow.chunk_decoder import ChunkJob, FlowSession, decode_chunk_batch, decode_incremental  # noqa: E402
+from services.flow.incremental import IncrementalFlow  # noqa: E402
 from services.flow.model.loader import load_flow  # noqa: E402
 from services.llm.model.loader import load_llm  # noqa: E402
 
@@ -127,6 +129,40 @@ def bench_batch_forming(flow: torch.nn.Module, padding: float, min_seconds: floa
     return result
 
 
+def bench_incremental(flow: torch.nn.Module, peak: float, runs: int) -> list[dict]:
+    """The incremental path (COSYVOICE_FLOW_INCREMENTAL, one stream per call: the runner does
+    not batch it): a stream's first chunk (28 tokens) and second (78 tokens, 50 of them new)."""
+    from services.flow.model.config import REFERENCE_N_TIMESTEPS
+
+    first, second = flow_jobs(flow, 28, 1, seed=3)[0], flow_jobs(flow, 78, 1, seed=3)[0]
+    second = ChunkJob(first.session, first.tokens[:25] + second.tokens[25:], 25, finalize=False)
+
+    def fresh() -> IncrementalFlow:
+        return IncrementalFlow(flow, first.session.prompt_mel, first.session.embedding, REFERENCE_N_TIMESTEPS)
+
+    rows = []
+    for name, job, before in (("first", first, None), ("second", second, first)):
+        times, flops = [], 0
+        for run in range(runs + 1):
+            state = fresh()
+            if before is not None:
+                decode_incremental(flow, before, state)
+            if run == runs:  # the last one counts FLOPs (the counter's dispatch slows it down)
+                flops = count_flops(lambda: decode_incremental(flow, job, state))
+                break
+            t0 = time.perf_counter()
+            decode_incremental(flow, job, state)
+            times.append(time.perf_counter() - t0)
+        seconds = statistics.median(times[1:] or times)
+        rows.append({"chunk": name, "tokens": len(job.tokens), "new_tokens": len(job.tokens) - job.offset,
+                     "ms_per_call": 1e3 * seconds, "gflop_per_call": flops / 1e9,
+                     "gflop_per_s": flops / seconds / 1e9, "fraction_of_peak": flops / seconds / peak})
+        print(f"flow incremental {name} chunk ({len(job.tokens)} tokens, {len(job.tokens) - job.offset} new), one "
+              f"stream: {1e3 * seconds:8.1f} ms  {flops / 1e9:7.3f} GFLOP  {flops / seconds / 1e9:6.2f} GFLOP/s  "
+              f"{100 * flops / seconds / peak:5.1f} % of peak", flush=True)
+    return rows
+
+
 @torch.inference_mode()
 def bench_llm(model: torch.nn.Module, peak: float, min_seconds: float) -> list[dict]:
     cache = model.new_kv_cache(max(LLM_BATCHES), LLM_CONTEXT + 8)
@@ -175,13 +211,15 @@ def main() -> None:
     flow = load_flow(model_dir)
     flow_rows = bench_flow(flow, peak, args.min_seconds)
     forming = bench_batch_forming(flow, 1.2, args.min_seconds)
+    incremental = bench_incremental(flow, peak, runs=5)
     llm_rows = bench_llm(load_llm(model_dir), peak, args.min_seconds)
     if args.json:
         args.json.write_text(json.dumps({
             "config": {"model_dir": str(model_dir.root), "threads": args.threads, "matmul_n": args.matmul_n,
                        "nproc": os.cpu_count(), "load_average_before": load, "torch": torch.__version__},
             "peak_gflop_per_s": {str(t): p / 1e9 for t, p in peaks.items()},
-            "flow": flow_rows, "flow_batch_forming_ms": forming, "llm_forward": llm_rows,
+            "flow": flow_rows, "flow_batch_forming_ms": forming,
+            "flow_incremental": incremental, "llm_forward": llm_rows,
             "load_average_after": os.getloadavg(),
         }, indent=2) + "\n")
         print(f"wrote {args.json}")

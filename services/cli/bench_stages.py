@@ -4,10 +4,13 @@ Where the end-to-end bench shows one number per level, this one shows what each 
 with C streams on its own, so the stage that stops scaling is named:
 
 - llm: `Generate` calls for the bench texts; throughput in speech tokens/s;
-- flow: `Decode` streams replaying the LLM's own tokens (recorded at the first level), cut by
-  the gateway's chunk schedule (COSYVOICE_GATEWAY_* settings); throughput in mel frames/s;
-- vocoder: `Vocode` streams replaying the flow's own mel chunks (recorded at its first level);
-  throughput in audio-s/s.
+- flow: `Decode` streams replaying the LLM's own tokens, cut by the gateway's chunk schedule
+  (COSYVOICE_GATEWAY_* settings); throughput in mel frames/s;
+- vocoder: `Vocode` streams replaying the flow's own mel chunks; throughput in audio-s/s.
+
+Before its levels each stage gets one unmeasured call per text (all at once): it warms the
+stage for every input shape and records what the next stage replays, so request i of every
+level sends input i mod #texts.
 
 Each stream sends its whole input as fast as the stage takes it (a saturating closed loop with
 at most C streams in flight), so this measures a stage's capacity, not a paced request. Every
@@ -192,7 +195,6 @@ async def run_stages(
     """Every level of the llm, then the flow on the recorded tokens, then the vocoder on the
     recorded mel; returns each stage's levels with ratios to its first level."""
     clients = StageClients(addresses)
-    most = max(requests_for(c, requests) for c in concurrencies)
     inputs: dict[str, list[Any]] = {"llm": list(texts)}
     calls: dict[str, Callable[[int], Awaitable[Outcome]]] = {
         "llm": lambda i: _llm_call(clients, i, texts[i % len(texts)], seed + i),
@@ -202,15 +204,16 @@ async def run_stages(
     results: dict[str, list[StageLevel]] = {}
     try:
         for stage, call in calls.items():
+            # One recorded input per text (request i of every level replays input i mod #texts).
             if stage == "flow":
-                inputs["flow"] = [t for t in clients.tokens.values() if t]
+                inputs["flow"] = [clients.tokens[i] for i in range(len(texts)) if clients.tokens.get(i)]
             elif stage == "vocoder":
-                inputs["vocoder"] = [m for m in clients.mels.values() if m]
+                inputs["vocoder"] = [clients.mels[i] for i in range(len(inputs["flow"])) if clients.mels.get(i)]
             if not inputs[stage]:
                 raise RuntimeError(f"no {stage} inputs were recorded: the stage before it failed")
             # Unmeasured: one call per distinct input, which records the next stage's inputs
             # and warms each stage for every chunk length it will see.
-            warm = min(most, len(inputs[stage]))
+            warm = len(inputs[stage])
             await closed_loop(call, warm, warm, timeout)
             levels = []
             for concurrency in concurrencies:
