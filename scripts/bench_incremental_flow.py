@@ -82,10 +82,14 @@ def main() -> None:
             mel, seconds = timed(lambda: state.decode(ids, 2 * (args.prompt_tokens + offset)))
         on_mels.append(mel)
         on_times.append(seconds)
+    # The approximate switch (COSYVOICE_FLOW_INCREMENTAL_CHUNKED_FINAL): the last call from the caches too.
+    n, offset, _ = calls[-1]
+    ids = torch.cat([prompt, torch.tensor(tokens[:n])])
+    cached_bytes, cached_frames = state.nbytes(), state.frame_start
+    chunked_final, chunked_seconds = timed(lambda: state.decode(ids, 2 * (args.prompt_tokens + offset), True))
     _, offline = timed(lambda: full(args.tokens, 0, True))
 
     deviation = max(float(np.abs(a - b).max()) for a, b in zip(on_mels, off_mels) if a.size)
-    cached_frames = state.frame_start
     print(f"{args.tokens} tokens ({args.tokens / 25:.1f} s) + {args.prompt_tokens}-token prompt, "
           f"{len(calls)} calls, 1 thread")
     print(f"{'call':>4} {'prefix':>6} {'final':>5} {'off s':>7} {'on s':>7}")
@@ -96,9 +100,15 @@ def main() -> None:
     print(f"streaming, full re-run:   {total_off:.2f} s = {total_off / offline:.2f}x offline")
     print(f"streaming, incremental:   {total_on:.2f} s = {total_on / offline:.2f}x offline "
           f"(non-final {sum(on_times[:-1]):.2f} s + final {on_times[-1]:.2f} s)")
+    total_chunked = sum(on_times[:-1]) + chunked_seconds
+    print(f"incremental, chunked final (approximate switch): {total_chunked:.2f} s = "
+          f"{total_chunked / offline:.2f}x offline (final {chunked_seconds:.2f} s)")
     print(f"max |incremental - full re-run| over all emitted frames: {deviation:.2e}")
-    print(f"caches before the final call: {state.nbytes() / 2**20:.1f} MiB for {cached_frames} frames "
-          f"({state.nbytes() / max(cached_frames, 1) / 1024:.1f} KiB/frame)")
+    final_deviation = np.abs(chunked_final - off_mels[-1])
+    print(f"chunked final vs full-attention final: max |d| {final_deviation.max():.3f}, mean |d| "
+          f"{final_deviation.mean():.4f} (mel RMS {float(np.sqrt((off_mels[-1] ** 2).mean())):.2f})")
+    print(f"caches before the final call: {cached_bytes / 2**20:.1f} MiB for {cached_frames} frames "
+          f"({cached_bytes / max(cached_frames, 1) / 1024:.1f} KiB/frame)")
 
 
 if __name__ == "__main__":
