@@ -9,7 +9,9 @@ front on the tiny model."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import io
 import socket
 import struct
 import threading
@@ -17,7 +19,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from fastapi import Request  # a module global: the stand-in's annotations are strings
+import soundfile
+from fastapi import File, Form, Request, UploadFile  # module globals: the stand-in's annotations are strings
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -28,6 +31,7 @@ ARGS = [
     "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
 ]
 WAIT_MS = 30_000
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "playground.png"
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium")
 
@@ -80,14 +84,18 @@ class Tab:
     def stat(self, name: str) -> str:
         return self.page.get_attribute("#stats", f"data-{name}") or ""
 
-    def synthesize(self) -> None:
-        """Clicks Synthesize and waits until the request ended (done, error or stopped)."""
+    def synthesize(self, until: str = "done") -> None:
+        """Clicks Synthesize and waits until the request ended: "done" is every buffer played
+        to its `ended`; "heard" is every byte received and the first buffer played (playback
+        runs in real time, and the tiny model's noise lasts seconds). Errors end both."""
         before = int(self.stat("request-id"))
         self.page.click("#synthesize")
         self.page.wait_for_function(
-            """(before) => { const s = document.getElementById('stats').dataset;
-                 return Number(s.requestId) > before && ['done', 'error', 'stopped'].includes(s.state); }""",
-            arg=before, timeout=WAIT_MS,
+            """([before, until]) => { const s = document.getElementById('stats').dataset;
+                 if (Number(s.requestId) <= before) return false;
+                 if (['done', 'error', 'stopped'].includes(s.state)) return true;
+                 return until === 'heard' && s.state === 'playing' && Number(s.playedSeconds) > 0; }""",
+            arg=[before, until], timeout=WAIT_MS,
         )
 
 
@@ -116,9 +124,19 @@ def stand_in_app():
     async def readyz() -> dict:
         return {"status": "ready"}
 
+    registered: dict[str, dict] = {}
+    app.state.registered = registered
+
     @app.get("/v1/audio/voices")
     async def voices() -> dict:
-        return {"voices": [{"name": "default", "preset": True}, {"name": "alice", "preset": False}]}
+        return {"voices": [{"name": "default", "preset": True}, *registered.values()]}
+
+    @app.post("/v1/audio/voices", status_code=201)
+    async def register(name: str = Form(), prompt_text: str = Form(), audio: UploadFile = File()) -> dict:
+        info = soundfile.info(io.BytesIO(await audio.read()))  # what the real server reads it with
+        registered[name] = {"name": name, "preset": False, "prompt_text": prompt_text,
+                            "samplerate": info.samplerate, "seconds": info.duration, "format": info.format}
+        return registered[name]
 
     @app.post("/v1/audio/speech")
     async def speech(request: Request):
@@ -137,8 +155,13 @@ def stand_in_app():
 
 
 @pytest.fixture(scope="module")
-def stand_in() -> Iterator[str]:
-    with serve(stand_in_app()) as base:
+def fake_app():
+    return stand_in_app()
+
+
+@pytest.fixture(scope="module")
+def stand_in(fake_app) -> Iterator[str]:
+    with serve(fake_app) as base:
         yield base
 
 
@@ -192,3 +215,119 @@ def test_page_shows_the_json_error(tab, stand_in):
     assert tab.stat("state") == "error"
     assert tab.page.inner_text("#error") == "400 invalid_argument: text: the stand-in refuses"
     assert [e for e in tab.errors if "400" not in e] == []  # only the browser's own line for the 400
+
+
+def test_microphone_recording_registers_as_a_wav(tab, stand_in, fake_app):
+    """The fake microphone, captured by the AudioWorklet and encoded as WAV in the page, is a
+    file soundfile reads (MediaRecorder's webm would not be), registered under its name."""
+    tab.open(stand_in)
+    page = tab.page
+    page.click("#record")
+    page.wait_for_function("Number(document.getElementById('prompt-status').dataset.recordingSeconds) >= 3.2",
+                           timeout=WAIT_MS)
+    page.click("#record")
+    page.wait_for_function("document.getElementById('prompt-status').dataset.ready === 'true'", timeout=WAIT_MS)
+    page.fill("#prompt-text", "A beep from the fake microphone.")
+    page.fill("#voice-name", "mic")
+    page.click("#register")
+    page.wait_for_function("document.getElementById('stats').dataset.registered === 'mic'", timeout=WAIT_MS)
+    voice = fake_app.state.registered["mic"]
+    assert voice["format"] == "WAV" and voice["seconds"] >= 3.2 and voice["samplerate"] >= 16000
+    assert voice["prompt_text"] == "A beep from the fake microphone."
+    assert page.input_value("#voice") == "mic" and page.input_value("#mode") == "zero_shot"
+    assert tab.errors == []
+
+
+# ---- the real HTTP front over a live stack on the tiny model ---------------------------------
+
+@contextlib.contextmanager
+def live_http_front(model_dir: Path) -> Iterator[str]:
+    """The four stages, the gateway and the HTTP front (create_app) on loopback in one event
+    loop of their own thread: the test drives the browser with Playwright's sync API."""
+    import uvicorn
+
+    from services.http.app import create_app
+    from services.http.config import HttpConfig
+    from tests.stack import running_stack
+
+    started: concurrent.futures.Future[tuple[str, asyncio.AbstractEventLoop, asyncio.Event]] = (
+        concurrent.futures.Future())
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        async with running_stack(model_dir) as stack:
+            app = create_app(HttpConfig(gateway_addr=stack.address, port=0, metrics_port=-1))
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(64)
+            server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+            serving = asyncio.create_task(server.serve(sockets=[sock]))
+            host, port = sock.getsockname()
+            started.set_result((f"http://{host}:{port}", asyncio.get_running_loop(), stop))
+            await stop.wait()
+            server.should_exit = True
+            await serving
+            sock.close()
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as error:  # noqa: BLE001 - handed to the test thread
+            if not started.done():
+                started.set_exception(error)
+            raise
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    base, loop, stop = started.result(timeout=180)
+    try:
+        yield base
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=60)
+
+
+def test_playground_on_a_live_stack(browser, tiny_model_dir):
+    """Types, picks the preset voice, synthesises through /v1/audio/speech and hears it; then
+    registers the tiny model's prompt recording as a voice from the file input and speaks
+    with it; then the inline prompt through the native /v1/tts/zero_shot. Saves the screenshot."""
+    tab = Tab(browser)
+    page = tab.page
+
+    def heard(endpoint: str) -> None:
+        tab.synthesize(until="heard")
+        assert tab.stat("state") in ("playing", "done"), page.inner_text("#error")
+        assert page.text_content("#request-line").startswith(f"POST /{endpoint}")
+        assert int(tab.stat("bytes")) > 0 and int(tab.stat("bytes")) % 2 == 0
+        assert float(tab.stat("audio-seconds")) > 0 and float(tab.stat("played-seconds")) > 0
+        # The AudioContext's clock ran past what its sources reported as played.
+        assert float(tab.stat("context-time")) >= float(tab.stat("played-seconds"))
+        assert float(tab.stat("ttfa-ms")) > 0 and float(tab.stat("rtf")) > 0
+
+    try:
+        with live_http_front(tiny_model_dir) as base:
+            tab.open(base)
+            page.wait_for_function("document.getElementById('server').dataset.state === 'done'", timeout=WAIT_MS)
+
+            page.fill("#text", "Hi there.")  # random weights: noise for as long as the text allows
+            page.select_option("#mode", "sft")
+            page.select_option("#voice", "default")
+            heard("v1/audio/speech")
+
+            page.set_input_files("#prompt-file", str(tiny_model_dir / "prompt_sample.wav"))
+            page.fill("#prompt-text", (tiny_model_dir / "prompt_sample.txt").read_text().strip())
+            page.fill("#voice-name", "browser-voice")
+            page.click("#register")
+            page.wait_for_function("document.getElementById('stats').dataset.registered === 'browser-voice'",
+                                   timeout=WAIT_MS)
+            assert page.input_value("#mode") == "zero_shot" and page.input_value("#voice") == "browser-voice"
+            heard("v1/audio/speech")
+
+            page.select_option("#voice", "__prompt__")
+            heard("v1/tts/zero_shot")
+            assert tab.errors == []
+            page.click("#request-details summary")  # the request and its curl, in the picture too
+            page.screenshot(path=str(SCREENSHOT))
+        assert SCREENSHOT.stat().st_size < 300_000
+    finally:
+        tab.context.close()

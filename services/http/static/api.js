@@ -15,6 +15,13 @@ export class ApiError extends Error {
   }
 }
 
+const shellQuote = (value) => `'${String(value).replaceAll("'", "'\\''")}'`;
+
+function curlCommand(path, apiKey, args) {
+  const auth = apiKey ? ' -H "Authorization: Bearer $KEY"' : "";
+  return `curl -N ${location.origin}/${path}${auth} ${args.join(" ")} -o out.pcm`;
+}
+
 function headers(apiKey, extra = {}) {
   return apiKey ? { ...extra, Authorization: `Bearer ${apiKey}` } : extra;
 }
@@ -82,15 +89,14 @@ export function speechRequest(apiKey, { mode, text, voice, instruct, speed, prom
     return {
       url: "v1/audio/speech",
       init: { method: "POST", headers: headers(apiKey, { "Content-Type": "application/json" }), body: json },
-      curl: `curl -N ${location.origin}/v1/audio/speech -H 'Content-Type: application/json'`
-        + `${apiKey ? " -H 'Authorization: Bearer $KEY'" : ""} -d '${json.replaceAll("'", "'\\''")}' -o out.pcm`,
+      curl: curlCommand("v1/audio/speech", apiKey, ["-H 'Content-Type: application/json'", `-d ${shellQuote(json)}`]),
     };
   }
   const form = new FormData();
   form.append("text", text);
   form.append("response_format", "pcm");
   form.append("stream", String(stream));
-  form.append("speed", String(speed));
+  if (!stream) form.append("speed", String(speed));
   if (prompt) {
     form.append("prompt_audio", prompt.blob, prompt.filename);
     if (mode === "zero_shot") form.append("prompt_text", promptText);
@@ -102,6 +108,7 @@ export function speechRequest(apiKey, { mode, text, voice, instruct, speed, prom
   return {
     url: path,
     init: { method: "POST", headers: headers(apiKey), body: form },
-    curl: `curl -N ${location.origin}/${path}${apiKey ? " -H 'Authorization: Bearer $KEY'" : ""} -F text=... -o out.pcm`,
+    curl: curlCommand(path, apiKey, [...form.entries()].map(([name, value]) => (
+      value instanceof Blob ? `-F ${shellQuote(`${name}=@${value.name || "prompt.wav"}`)}` : `-F ${shellQuote(`${name}=${value}`)}`))),
   };
 }

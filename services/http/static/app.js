@@ -49,8 +49,8 @@ function apiKey() {
 
 function voicesForMode(mode) {
   if (mode === "sft") return voices.filter((v) => v.preset);
-  const cloned = voices.filter((v) => !v.preset);
-  return cloned.length || voices.every((v) => v.preset) ? cloned : voices;
+  // The other modes need a recording's features, which only registered voices have.
+  return voices.filter((v) => !v.preset);
 }
 
 function fillVoiceSelect(preferred) {

@@ -1,4 +1,5 @@
-// The received audio as a min/max envelope, the part already played in the accent colour.
+// The received audio as a min/max envelope, the part already played in the accent colour,
+// scaled to its loudest sample so quiet audio is visible too.
 // The time axis grows with the audio (at least 5 s wide), so a stream fills it left to right.
 
 const MIN_SPAN_S = 5;
@@ -22,13 +23,18 @@ export function drawWave(canvas, chunks, samples, sampleRate, playedSeconds) {
   const playedColumn = (playedSeconds * sampleRate) / perColumn;
   const played = style.getPropertyValue("--wave-played") || "#2563eb";
   const pending = style.getPropertyValue("--wave-pending") || "#94a3b8";
+  let peak = 1;
+  for (const chunk of chunks) {
+    for (let i = 0; i < chunk.length; i++) peak = Math.max(peak, Math.abs(chunk[i]));
+  }
+  const scale = (0.45 * height) / peak;
   let column = 0;
   let count = 0;
   let low = 0;
   let high = 0;
   const flush = () => {
-    const top = (0.5 - high / 65536) * height;
-    const bottom = (0.5 - low / 65536) * height;
+    const top = height / 2 - high * scale;
+    const bottom = height / 2 - low * scale;
     context.fillStyle = column < playedColumn ? played : pending;
     context.fillRect(column, top, 1, Math.max(1, bottom - top));
     column += 1;
