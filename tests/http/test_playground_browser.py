@@ -323,6 +323,13 @@ def test_playground_on_a_live_stack(browser, tiny_model_dir):
             assert page.input_value("#mode") == "zero_shot" and page.input_value("#voice") == "browser-voice"
             heard("v1/audio/speech")
 
+            page.click("#register")  # the same name again: the server's JSON error, shown as it is
+            page.wait_for_selector("#error:not([hidden])", timeout=WAIT_MS)
+            assert page.inner_text("#error").startswith("409 already_exists: ")
+            assert "browser-voice" in page.inner_text("#error")
+            assert [e for e in tab.errors if "409" not in e] == []  # only the browser's own line for the 409
+            tab.errors.clear()
+
             page.select_option("#voice", "__prompt__")
             heard("v1/tts/zero_shot")
             assert tab.errors == []
