@@ -28,12 +28,21 @@ class LLMServiceConfig(StageConfig):
     max_text_chars: int = setting(4000, "longest text, in characters")
     max_prompt_speech_tokens: int = setting(1500, "longest voice prompt, in speech tokens (25 per second)")
     max_bistream_text_chars: int = setting(16000, "longest total text of one GenerateBistream, in characters")
+    cuda_graphs: bool = setting(True, "decode through CUDA graphs captured at start per batch size (cuda only; ignored on cpu)")
+    cuda_graph_max_batch: int = setting(0, "largest batch size with a CUDA graph; 0 = max_num_seqs; larger batches run eagerly")
+
+    @property
+    def decode_graphs(self) -> str:
+        """The engine's decode_graphs mode: CUDA graphs only where there is CUDA."""
+        return "cuda" if self.cuda_graphs and self.device.startswith("cuda") else "off"
 
     def validate(self) -> None:
         super().validate()
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "max_waiting_requests",
                      "max_text_chars", "max_prompt_speech_tokens", "max_bistream_text_chars"):
             check(getattr(self, name) >= 1, self, name, "must be >= 1")
+        check(0 <= self.cuda_graph_max_batch <= self.max_num_seqs, self, "cuda_graph_max_batch",
+              f"must be in 0..max_num_seqs ({self.max_num_seqs})")
         check(self.max_receive_message_bytes >= self.largest_request_bytes, self, "max_receive_message_bytes",
               f"must hold the largest request the other limits allow ({self.largest_request_bytes} bytes)")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Sequence
 
 from prometheus_client import CollectorRegistry
@@ -22,6 +23,7 @@ from services.llm.servicer import SpeechTokenGeneratorServicer
 
 SERVICE_NAME = llm_pb2.DESCRIPTOR.services_by_name["SpeechTokenGenerator"].full_name
 WARMUP_TEXT = "warm up"
+log = logging.getLogger(__name__)
 
 
 def load_engine(config: LLMServiceConfig):  # noqa: ANN202 - torch types stay out of this module's API
@@ -32,7 +34,12 @@ def load_engine(config: LLMServiceConfig):  # noqa: ANN202 - torch types stay ou
     config.apply_threads()
     model_dir = ModelDir.open(config.model_dir)
     tokenizer = CosyVoiceTokenizer.from_dir(model_dir.tokenizer_dir)
-    engine_config = EngineConfig(config.max_num_seqs, config.max_num_batched_tokens, config.max_model_len)
+    engine_config = EngineConfig(
+        config.max_num_seqs, config.max_num_batched_tokens, config.max_model_len,
+        decode_graphs=config.decode_graphs, graph_max_batch=config.cuda_graph_max_batch,
+    )
+    if config.cuda_graphs and config.decode_graphs == "off":
+        log.info("cuda_graphs is on but the device is %s: decoding without CUDA graphs", config.device)
     engine = LLMEngine.from_model_dir(model_dir, config.device, config.torch_dtype(), engine_config)
     # Warm-up: one short request through prefill, decode and sampling. It drives the engine
     # directly, before the async engine (the only writer of the LLM metrics) exists, so no

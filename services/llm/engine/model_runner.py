@@ -7,8 +7,10 @@ import heapq
 import torch
 
 from services.llm.engine.config import EngineConfig
+from services.llm.engine.decode_graphs import DecodeGraphs
 from services.llm.engine.sequence import Sequence
 from services.llm.model.cosyvoice2_lm import CosyVoice2LM
+from services.llm.model.kv_cache import long_tensor
 from services.llm.model.batched_sampling import SampleRow, sample_batch
 from services.llm.model.sampling import new_generator
 
@@ -21,8 +23,16 @@ class ModelRunner:
     def __init__(self, model: CosyVoice2LM, config: EngineConfig) -> None:
         self.model = model.eval()
         self.config = config
-        self.cache = model.new_kv_cache(config.max_num_seqs, config.max_model_len)
+        static = config.decode_graphs != "off"
+        # Static decode pads batches with rows that write somewhere: one extra slot, never handed out.
+        self.cache = model.new_kv_cache(config.max_num_seqs + int(static), config.max_model_len)
         self._free_slots = list(range(config.max_num_seqs))  # a heap: lowest slot first
+        self.graphs: DecodeGraphs | None = None
+        if static:
+            self.graphs = DecodeGraphs(
+                model, self.cache, config.graph_batch_limit, scratch_slot=config.max_num_seqs,
+                capture=config.decode_graphs == "cuda",
+            )
 
     @property
     def num_free_slots(self) -> int:
@@ -66,6 +76,13 @@ class ModelRunner:
 
     def forward(self, seqs: list[Sequence], is_prefill: bool) -> torch.Tensor:
         """Log-probs [len(seqs), V] of the next token, on the model's device and dtype."""
+        if not is_prefill and self.graphs is not None:
+            log_probs = self.graphs.run(
+                [seq.last_token for seq in seqs], [seq.slot for seq in seqs],  # type: ignore[misc]
+                [seq.decode_position for seq in seqs],
+            )
+            if log_probs is not None:
+                return log_probs
         hidden = self._prefill(seqs) if is_prefill else self._decode(seqs)
         return self.model.log_probs(hidden)
 
@@ -83,12 +100,11 @@ class ModelRunner:
             inputs = torch.nn.utils.rnn.pad_sequence(embeds, batch_first=True)
         plan = self.cache.plan([seq.slot for seq in seqs], [seq.prefill_start for seq in seqs], lengths)
         hidden = self.model(inputs, plan, self.cache)
-        last = torch.tensor(lengths, device=hidden.device) - 1
+        last = long_tensor(lengths, hidden.device) - 1
         return hidden[torch.arange(len(seqs), device=hidden.device), last]
 
     def _decode(self, seqs: list[Sequence]) -> torch.Tensor:
-        device = self.model.speech_embedding.weight.device
-        tokens = torch.tensor([seq.last_token for seq in seqs], device=device)
+        tokens = long_tensor([seq.last_token for seq in seqs], self.model.speech_embedding.weight.device)
         inputs = self.model.embed_speech_tokens(tokens).unsqueeze(1)
         # The fed-back token sits right after everything already in the cache.
         plan = self.cache.plan([seq.slot for seq in seqs], [seq.decode_position for seq in seqs], [1] * len(seqs))
@@ -116,7 +132,7 @@ class ModelRunner:
             sampled.append(i)
         if rows:
             if len(rows) < len(seqs):
-                log_probs = log_probs[torch.tensor(sampled, device=log_probs.device)]
+                log_probs = log_probs[long_tensor(sampled, log_probs.device)]
             for i, token in zip(sampled, sample_batch(log_probs, rows)):
                 tokens[i] = token
         return tokens  # type: ignore[return-value]

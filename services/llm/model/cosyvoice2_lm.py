@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from services.common.modeldir.layout import ModelDirError
-from services.llm.model.kv_cache import AttentionPlan, KVCache
+from services.llm.model.kv_cache import AttentionPlan, KVCache, long_tensor
 from services.llm.model.prompt import InputSegment, LLMPrompt, SegmentKind, check_prompt_ids
 from services.llm.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 
@@ -86,8 +86,8 @@ class CosyVoice2LM(nn.Module):
     def embed_prompt(self, prompt: LLMPrompt) -> torch.Tensor:
         """[SOS, E_text(text_ids), TASK_ID, E_speech(speech_tokens)] as [num_positions, D]."""
         device = self.llm_embedding.weight.device
-        text = torch.tensor(prompt.text_ids, dtype=torch.long, device=device)
-        speech = torch.tensor(prompt.speech_tokens, dtype=torch.long, device=device)
+        text = long_tensor(prompt.text_ids, device)
+        speech = long_tensor(prompt.speech_tokens, device)
         rows = self.llm_embedding.weight
         return torch.cat(
             [
@@ -105,7 +105,7 @@ class CosyVoice2LM(nn.Module):
         rows = self.llm_embedding.weight
         parts = []
         for segment in segments:
-            ids = torch.tensor(segment.ids, dtype=torch.long, device=device)
+            ids = long_tensor(segment.ids, device)
             if segment.kind is SegmentKind.SOS:
                 parts.append(rows[SOS_ROW : SOS_ROW + 1])
             elif segment.kind is SegmentKind.TASK_ID:

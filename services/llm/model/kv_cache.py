@@ -12,6 +12,15 @@ from dataclasses import dataclass, field
 import torch
 
 
+def long_tensor(values: list[int] | tuple[int, ...], device: torch.device | str) -> torch.Tensor:
+    """Host ids on `device` without a sync: `torch.tensor(values, device=cuda)` copies with a
+    blocking cudaMemcpy, which waits for every kernel queued before it; an async copy from the
+    host tensor only stages the bytes."""
+    host = torch.tensor(values, dtype=torch.long)
+    device = torch.device(device)
+    return host if device.type == "cpu" else host.to(device, non_blocking=True)
+
+
 class KVCacheError(ValueError):
     """A step that does not fit the cache (bad slot, or positions past max_model_len)."""
 
@@ -84,9 +93,7 @@ class KVCache:
                 f"{self.max_model_len}"
             )
         device = self.device
-        positions = torch.tensor(starts, device=device).unsqueeze(1) + torch.arange(
-            width, device=device
-        )
+        positions = long_tensor(starts, device).unsqueeze(1) + torch.arange(width, device=device)
         kv_len = max(s + n for s, n in zip(starts, num_tokens))
         # A single-token step whose rows all end at kv_len needs no mask.
         needs_mask = width > 1 or any(s + 1 != kv_len for s in starts)
@@ -100,9 +107,25 @@ class KVCache:
             kv_len=kv_len,
             mask=mask,
             slot_range=(slots[0], slots[0] + len(slots)) if contiguous else None,
-            slot_index=torch.tensor(slots, device=device),
+            slot_index=long_tensor(slots, device),
             uniform_start=starts[0] if contiguous and len(set(starts)) == 1 else None,
             num_tokens=width,
+        )
+
+    def static_plan(self, slot_index: torch.Tensor, positions: torch.Tensor) -> AttentionPlan:
+        """A one-token decode step read from device tensors (slot_index [B], positions [B, 1])
+        with no host values: every key up to max_model_len is read and the mask hides those
+        past each row's position, so the same plan (and a CUDA graph of it) serves every step."""
+        kv_len = self.max_model_len
+        mask = (torch.arange(kv_len, device=self.device) <= positions.unsqueeze(-1)).unsqueeze(1)
+        return AttentionPlan(
+            positions=positions,
+            kv_len=kv_len,
+            mask=mask,
+            slot_range=None,
+            slot_index=slot_index,
+            uniform_start=None,
+            num_tokens=1,
         )
 
     def write(self, layer: int, plan: AttentionPlan, key: torch.Tensor, value: torch.Tensor) -> None:
