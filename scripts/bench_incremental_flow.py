@@ -5,6 +5,10 @@ Each mode decodes the same tokens in the same process; the numbers are compute s
 over the flow calls (no gRPC, no batching). Usage:
 
     .venv/bin/python scripts/bench_incremental_flow.py [--tokens 750] [--prompt-tokens 50]
+    .venv/bin/python scripts/bench_incremental_flow.py --streams 4 --tokens 250
+
+--streams N decodes N streams in lockstep the way the flow runner batches them: full re-run as one
+batched call per round, incremental one stream after another, the final round batched in both.
 """
 
 from __future__ import annotations
@@ -52,14 +56,47 @@ def timed(fn):  # noqa: ANN001, ANN201
     return result, time.perf_counter() - started
 
 
+def bench_streams(flow: torch.nn.Module, streams: int, n_tokens: int, n_prompt: int) -> None:
+    generator = torch.Generator().manual_seed(1)
+    sessions, token_lists = [], []
+    for _ in range(streams):
+        prompt = torch.randint(0, 6561, (n_prompt,), generator=generator)
+        sessions.append(FlowSession(prompt, torch.randn(2 * n_prompt, 80, generator=generator) - 5,
+                                    torch.randn(192, generator=generator)))
+        token_lists.append(torch.randint(0, 6561, (n_tokens,), generator=generator).tolist())
+    calls = schedule(n_tokens, n_prompt)
+    states = [IncrementalFlow(flow, s.prompt_mel, s.embedding, REFERENCE_N_TIMESTEPS) for s in sessions]
+    decode_chunk_batch(flow, [ChunkJob(sessions[0], tuple(token_lists[0][:40]), 0, False)])  # warm-up
+    batched = incremental = 0.0
+    for n, offset, final in calls:
+        jobs = [ChunkJob(s, tuple(t[:n]), offset, final) for s, t in zip(sessions, token_lists)]
+        _, seconds = timed(lambda: decode_chunk_batch(flow, jobs))
+        batched += seconds
+        if final:
+            incremental += seconds
+            continue
+        for session, state, tokens in zip(sessions, states, token_lists):
+            ids = torch.cat([session.prompt_tokens, torch.tensor(tokens[:n])])
+            _, seconds = timed(lambda: state.decode(ids, 2 * (n_prompt + offset)))
+            incremental += seconds
+    print(f"{streams} streams x {n_tokens} tokens + {n_prompt}-token prompt, {len(calls)} rounds, 1 thread")
+    print(f"full re-run, batched per round: {batched:.2f} s")
+    print(f"incremental, stream by stream (final round batched): {incremental:.2f} s = "
+          f"{incremental / batched:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=750, help="generated speech tokens (25 per second)")
     parser.add_argument("--prompt-tokens", type=int, default=50, help="voice prompt tokens")
+    parser.add_argument("--streams", type=int, default=1, help="> 1: concurrent streams, batched as the runner does")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         flow = load_flow(ModelDir.open(write_tiny_model(Path(tmp), seed=0)))
+    if args.streams > 1:
+        bench_streams(flow, args.streams, args.tokens, args.prompt_tokens)
+        return
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 6561, (args.tokens,), generator=generator).tolist()
     prompt = torch.randint(0, 6561, (args.prompt_tokens,), generator=generator)
