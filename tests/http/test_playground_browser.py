@@ -145,6 +145,9 @@ def stand_in_app():
             return JSONResponse({"error": {"code": "invalid_argument", "message": "text: the stand-in refuses"}}, 400)
 
         async def chunks():
+            if body["input"] == "never ends":
+                yield RAMP[:4800]
+                await asyncio.Event().wait()  # until the client goes away (Starlette cancels us)
             for start in range(0, len(RAMP), 4801):  # odd sizes: samples split across chunks
                 yield RAMP[start:start + 4801]
                 await asyncio.sleep(0)
@@ -215,6 +218,20 @@ def test_page_shows_the_json_error(tab, stand_in):
     assert tab.stat("state") == "error"
     assert tab.page.inner_text("#error") == "400 invalid_argument: text: the stand-in refuses"
     assert [e for e in tab.errors if "400" not in e] == []  # only the browser's own line for the 400
+
+
+def test_stop_ends_a_stream_that_is_still_coming(tab, stand_in):
+    tab.open(stand_in)
+    page = tab.page
+    page.fill("#text", "never ends")
+    page.select_option("#mode", "sft")
+    page.click("#synthesize")
+    page.wait_for_function("Number(document.getElementById('stats').dataset.bytes) === 4800", timeout=WAIT_MS)
+    assert tab.stat("state") == "streaming"
+    page.click("#stop")
+    page.wait_for_function("document.getElementById('stats').dataset.state === 'stopped'", timeout=WAIT_MS)
+    assert page.is_enabled("#synthesize") and not page.is_enabled("#stop")
+    assert page.is_hidden("#error") and tab.errors == []
 
 
 def test_microphone_recording_registers_as_a_wav(tab, stand_in, fake_app):

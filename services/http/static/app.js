@@ -64,6 +64,10 @@ function fillVoiceSelect(preferred) {
   if (mode !== "sft") ui.voice.append(new Option("— the prompt recording below —", PROMPT_OPTION));
   const names = [...ui.voice.options].map((o) => o.value);
   if (names.includes(keep)) ui.voice.value = keep;
+  onVoiceChange();
+}
+
+function onVoiceChange() {
   ui.deleteVoice.disabled = ui.voice.value === PROMPT_OPTION || !ui.voice.value
     || voices.some((v) => v.name === ui.voice.value && v.preset);
 }
@@ -252,8 +256,9 @@ async function synthesize(event) {
     setState("playing");
     renderStats();
     await player.finish();
-    if (current === run) setState("done");
+    if (current === run) setState(player.stopped ? "stopped" : "done");
   } catch (error) {
+    if (current !== run) return; // replaced by a newer request, which owns the page now
     if (error.name === "AbortError") {
       setState("stopped");
     } else {
@@ -294,7 +299,10 @@ async function refreshServer() {
 ui.form.addEventListener("submit", synthesize);
 ui.stop.addEventListener("click", stopSynthesis);
 ui.mode.addEventListener("change", onModeChange);
-ui.voice.addEventListener("change", () => fillVoiceSelect());
+ui.voice.addEventListener("change", onVoiceChange);
+ui.text.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) ui.form.requestSubmit();
+});
 ui.speed.addEventListener("input", onSpeedChange);
 ui.refresh.addEventListener("click", () => loadVoices());
 ui.deleteVoice.addEventListener("click", onDeleteVoice);
