@@ -81,6 +81,29 @@ def dtype_deviation(name: str, module: torch.nn.Module, call: Callable, inputs: 
         module.float()
 
 
+def stage_onnx_parity(model_dir: ModelDir, engine_dir: Path, jobs: list, vocode: Callable) -> None:
+    """The stages' own outputs with the onnxruntime backend installed as the servers do it."""
+    from services.common.backends.settings import BackendStageConfig
+    from services.flow.backends import install_estimator_backend
+    from services.flow.chunk_decoder import decode_chunk_batch
+    from services.flow.model.loader import load_flow
+    from services.vocoder.backends import install_network_backend
+    from services.vocoder.model.loader import load_hift
+
+    config = BackendStageConfig(model_dir=model_dir.root, backend="onnxruntime", engine_dir=engine_dir)
+    flow = load_flow(model_dir)
+    expected = decode_chunk_batch(flow, jobs)
+    install_estimator_backend(flow, config, model_dir)
+    actual = decode_chunk_batch(flow, jobs)
+    mel_diff = max(float(abs(a - b).max()) for a, b in zip(actual, expected))
+    reference_audio = vocode(load_hift(model_dir))
+    hift = load_hift(model_dir)
+    install_network_backend(hift, config, model_dir)
+    audio = vocode(hift)
+    print(f"tiny stage onnxruntime vs torch: flow chunk mel max|diff| {mel_diff:.2e} (streaming + final, batched); "
+          f"vocoder stream audio max|diff| {float((audio - reference_audio).abs().max()):.2e}")
+
+
 def stage_dtype_deviation(repeats: int) -> None:
     """Whole-stage outputs on the tiny model: a flow chunk (encoder + 10 Euler steps, streaming
     and final) and a vocoder stream, each loaded in bfloat16 and float16 vs float32."""
@@ -98,17 +121,18 @@ def stage_dtype_deviation(repeats: int) -> None:
                 ChunkJob(speaker_session(embedding), tokens, 0, True)]
         mels = torch.randn(80, 120, generator=torch.Generator().manual_seed(2)) - 4
 
-        def vocode(dtype: torch.dtype) -> torch.Tensor:
-            stream = VocoderStream(load_hift(model_dir, "cpu", dtype), torch.Generator().manual_seed(3))
+        def vocode(hift: torch.nn.Module) -> torch.Tensor:
+            stream = VocoderStream(hift, torch.Generator().manual_seed(3))
             return torch.cat([stream.push(mels[:, :60]), stream.push(mels[:, 60:], final=True)]).float()
 
+        stage_onnx_parity(model_dir, Path(work) / "engines", jobs, vocode)
         for dtype in (torch.float32, torch.bfloat16, torch.float16):
             flow = load_flow(model_dir, "cpu", dtype)
             started = time.perf_counter()
             for _ in range(repeats):
                 mel = decode_chunk_batch(flow, jobs)
             flow_ms = (time.perf_counter() - started) * 1000 / repeats
-            audio = vocode(dtype)
+            audio = vocode(load_hift(model_dir, "cpu", dtype))
             if dtype == torch.float32:
                 ref_mel, ref_audio, ref_ms = mel, audio, flow_ms
                 continue
