@@ -170,6 +170,45 @@ def bench(model: torch.nn.Module, streams: list[int], steps: int, rounds: int, t
     return [best[n] for n in streams]
 
 
+def step_log_probs(model: torch.nn.Module, prompt, tokens: list[int]) -> torch.Tensor:
+    """Teacher-forced log-probs [len(tokens) + 1, V] (float32) of one request, batch 1."""
+    cache = model.new_kv_cache(num_slots=1, max_model_len=prompt.num_positions + len(tokens) + 1)
+    rows = []
+    with torch.inference_mode():
+        x = model.embed_prompt(prompt)[None]
+        start = 0
+        for token in [None, *tokens]:
+            if token is not None:
+                x = model.embed_speech_tokens(torch.tensor([token]))[None]
+            rows.append(model.log_probs(model(x, cache.plan([0], [start], [x.shape[1]]), cache)[:, -1]))
+            start += x.shape[1]
+    return torch.cat(rows).float()
+
+
+def precision(model: torch.nn.Module, seeds: int) -> None:
+    """bf16 and fp16 against fp32 on this CPU: log-prob max |diff| along the fp32 tokens, and
+    whether each seed's sampled tokens change."""
+    import copy
+
+    prompts = [build_prompt("sft", [(11 * i + j) % 290 + 5 for j in range(TEXT_TOKENS)]) for i in range(seeds)]
+
+    def tokens_of(m: torch.nn.Module) -> list[list[int]]:
+        engine = LLMEngine(m, EngineConfig(max_num_seqs=seeds, max_model_len=1024))
+        return [list(engine.generate(p, SamplingParams(seed=i, max_token_text_ratio=8))) for i, p in enumerate(prompts)]
+
+    reference = tokens_of(model)
+    for dtype in (torch.bfloat16, torch.float16):
+        low = copy.deepcopy(model).to(dtype)
+        diff = max((step_log_probs(low, p, t) - step_log_probs(model, p, t)).abs().max().item()
+                   for p, t in zip(prompts, reference))
+        got = tokens_of(low)
+        same = sum(a == b for a, b in zip(got, reference))
+        first = [next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                 for a, b in zip(got, reference) if a != b]
+        print(f"{str(dtype):>15}: log-prob max |diff| vs float32 {diff:.4f} over {sum(map(len, reference))} steps; "
+              f"{same}/{seeds} seeds give the float32 tokens; others diverge at token {first}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -178,12 +217,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the fastest counts")
     parser.add_argument("--tau-r", type=float, default=0.1,
                         help="RAS threshold; 1.0 makes the fallback redraw rare (isolates its cost)")
+    parser.add_argument("--precision", action="store_true",
+                        help="instead: bf16 and fp16 against fp32 (log-prob diff, changed tokens)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     model = tiny_llm().eval()
+    if args.precision:
+        precision(model, seeds=8)
+        return
     peak = matmul_peak()
     results = bench(model, args.streams, args.steps, args.rounds, args.tau_r)
     base = results[0]["tokens_per_s"]

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from services.llm.model.sampling import SamplingParams, nucleus_sample, random_sample
+from services.llm.model.sampling import SamplingParams, nucleus_sample, random_sample, sample_next_token
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ def sample_batch(log_probs: torch.Tensor, rows: Sequence[SampleRow]) -> list[int
         raise ValueError(f"{log_probs.shape[0]} log-prob rows but {len(rows)} sample rows")
     if not rows:
         return []
+    if len(rows) == 1:  # one row: the per-row code has fewer, and cheaper, steps
+        row = rows[0]
+        return [sample_next_token(log_probs[0], row.history, row.params, row.generator, row.masked_token)]
     scores = log_probs.detach().to(device="cpu", dtype=torch.float32)
     if scores.data_ptr() == log_probs.data_ptr():
         scores = scores.clone()  # the caller's tensor stays untouched
