@@ -144,6 +144,28 @@ def stage_dtype_deviation(repeats: int) -> None:
                   f"(of max {float(ref_audio.abs().max()):.2f})")
 
 
+def compile_check() -> None:
+    """torch.compile on the tiny flow's estimator: compile time of the first streaming and the
+    first final chunk, and the difference from eager."""
+    from services.flow.chunk_decoder import ChunkJob, decode_chunk_batch, speaker_session
+    from services.flow.model.loader import load_flow
+    from services.tinymodel.writer import write_tiny_model
+
+    with tempfile.TemporaryDirectory() as work:
+        flow = load_flow(ModelDir.open(write_tiny_model(Path(work), seed=0)))
+    streaming = [ChunkJob(speaker_session(torch.ones(192)), tuple(range(60)), 0, False)]
+    final = [ChunkJob(speaker_session(torch.ones(192)), tuple(range(90)), 0, True)]
+    expected = decode_chunk_batch(flow, streaming)
+    estimator = flow.decoder.estimator
+    estimator.velocity = torch.compile(estimator.velocity, dynamic=True)
+    for name, jobs in (("streaming", streaming), ("final", final)):
+        started = time.perf_counter()
+        actual = decode_chunk_batch(flow, jobs)
+        print(f"torch.compile: first {name} chunk {time.perf_counter() - started:.0f} s")
+        if name == "streaming":
+            print(f"torch.compile: max|compiled - eager| {max(float(abs(a - e).max()) for a, e in zip(actual, expected)):.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=("tiny", "full"), default="full")
@@ -152,8 +174,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads")
     parser.add_argument("--skip-dtypes", action="store_true")
+    parser.add_argument("--compile-check", action="store_true", help="only time torch.compile on the tiny flow")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.compile_check:
+        compile_check()
+        return
     torch.manual_seed(0)
     print(f"size={args.size} threads={args.threads} repeats={args.repeats} load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
