@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import io
+import re
 import socket
 import struct
 import threading
@@ -145,6 +146,9 @@ def stand_in_app():
             return JSONResponse({"error": {"code": "invalid_argument", "message": "text: the stand-in refuses"}}, 400)
 
         async def chunks():
+            if body["input"] == "breaks":
+                yield RAMP[:4800]
+                raise RuntimeError("the stand-in breaks the stream")  # uvicorn drops the connection
             if body["input"] == "never ends":
                 yield RAMP[:4800]
                 await asyncio.Event().wait()  # until the client goes away (Starlette cancels us)
@@ -218,6 +222,18 @@ def test_page_shows_the_json_error(tab, stand_in):
     assert tab.stat("state") == "error"
     assert tab.page.inner_text("#error") == "400 invalid_argument: text: the stand-in refuses"
     assert [e for e in tab.errors if "400" not in e] == []  # only the browser's own line for the 400
+
+
+def test_a_stream_that_breaks_shows_how_much_audio_came(tab, stand_in):
+    tab.open(stand_in)
+    tab.page.fill("#text", "breaks")
+    tab.page.select_option("#mode", "sft")
+    tab.synthesize()
+    assert tab.stat("state") == "error"
+    # 0.00 or 0.10 s: whether Chromium hands over the bytes before the reset is its business.
+    assert re.fullmatch(r"the stream broke after 0\.(00|10) s of audio \(.+\); the server's log says why",
+                        tab.page.inner_text("#error"))
+    assert [e for e in tab.errors if "pageerror" in e] == []
 
 
 def test_stop_ends_a_stream_that_is_still_coming(tab, stand_in):

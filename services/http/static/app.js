@@ -31,7 +31,9 @@ let requestId = 0;
 // ---- small helpers -------------------------------------------------------------------------
 
 function showError(error) {
-  ui.error.textContent = error ? String(error) : "";
+  // ApiError prints as "STATUS code: message"; other errors by their message alone.
+  const text = !error || typeof error === "string" || error.status ? String(error || "") : error.message || String(error);
+  ui.error.textContent = text;
   ui.error.hidden = !error;
 }
 
@@ -243,7 +245,17 @@ async function synthesize(event) {
     setState("streaming");
     const reader = response.body.getReader();
     for (;;) {
-      const { done, value } = await reader.read();
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (error) {
+        if (error.name === "AbortError") throw error;
+        // The status was 200 already: a failure later can only close the connection.
+        if (player.samples > 0) offerDownload(player);
+        throw new Error(`the stream broke after ${player.receivedSeconds.toFixed(2)} s of audio `
+          + `(${error.message}); the server's log says why`);
+      }
+      const { done, value } = chunk;
       if (done) break;
       if (!value || value.byteLength === 0) continue;
       if (run.ttfaMs === null) run.ttfaMs = performance.now() - clicked;
