@@ -323,7 +323,8 @@ def live_http_front(model_dir: Path) -> Iterator[str]:
 def test_playground_on_a_live_stack(browser, tiny_model_dir):
     """Types, picks the preset voice, synthesises through /v1/audio/speech and hears it; then
     registers the tiny model's prompt recording as a voice from the file input and speaks
-    with it; then the inline prompt through the native /v1/tts/zero_shot. Saves the screenshot."""
+    with it; registering it again shows the 409; deletes it; then the inline prompt through the
+    native /v1/tts/zero_shot. Saves the screenshot."""
     tab = Tab(browser)
     page = tab.page
 
@@ -363,7 +364,12 @@ def test_playground_on_a_live_stack(browser, tiny_model_dir):
             assert [e for e in tab.errors if "409" not in e] == []  # only the browser's own line for the 409
             tab.errors.clear()
 
-            page.select_option("#voice", "__prompt__")
+            page.once("dialog", lambda dialog: dialog.accept())  # "Delete the voice …?"
+            page.click("#delete-voice")
+            page.wait_for_function(
+                "![...document.getElementById('voice').options].some((o) => o.value === 'browser-voice')",
+                timeout=WAIT_MS)
+            assert page.input_value("#voice") == "__prompt__"  # all that is left in zero-shot
             heard("v1/tts/zero_shot")
             assert tab.errors == []
             page.click("#request-details summary")  # the request and its curl, in the picture too
