@@ -1,4 +1,5 @@
-"""`cosyvoice up`: the whole stack on this machine, as five separate processes.
+"""`cosyvoice up`: the whole stack on this machine, as six separate processes (the four stages,
+the gateway, and the HTTP front, docs/http.md, which calls the gateway like any client).
 
 The four stages bind free gRPC ports; the gateway is started with their addresses. `up`
 prints one line per service, gateway first: `NAME HOST:PORT (metrics HOST:PORT)`, then
@@ -7,6 +8,7 @@ then the stages.
 
 Prometheus /metrics ports (--metrics-port N, default 9400; 0: free ports, -1: none):
   gateway N (9400)   llm N+1 (9401)   flow N+2 (9402)   vocoder N+3 (9403)   frontend N+4 (9404)
+  http N+5 (9405)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from services.common import die_with_parent
 from services.common.drain import EXIT_STREAMS_CUT
 
 from services.common.config import DEFAULT_METRICS_PORTS
+from services.http.config import DEFAULT_HTTP_PORT
 from services.common.tls import ClientTls
 
 _LISTENING = re.compile(r"listening on (\S+:\d+)(?: metrics (\S+:\d+))?")
@@ -139,6 +142,10 @@ def stop_all(children: list[Child], grace: float) -> dict[str, int]:
     return exits
 
 
+def _flags_of(**values: str) -> list[str]:
+    return [arg for name, value in values.items() if value for arg in (f"--{name.replace('_', '-')}", value)]
+
+
 def _stage_device(device: str, index: int) -> str:
     if device != "cuda":
         return device
@@ -173,7 +180,7 @@ def check_metrics_ports(host: str, metrics_host: str, port: int, base: int) -> N
     every stage has loaded, so a taken one would otherwise fail minutes in."""
     last = base + max(METRICS_PORT_OFFSETS.values())
     if base < -1 or last > 65535:
-        raise SystemExit(f"cosyvoice up: --metrics-port {base} must be -1, 0 or N with N..N+4 in 1..65535")
+        raise SystemExit(f"cosyvoice up: --metrics-port {base} must be -1, 0 or N with N..N+5 in 1..65535")
     ports = metrics_ports(base)
     if base <= 0:
         return
@@ -263,6 +270,19 @@ def start_stack(
     return children
 
 
+def start_http(
+    gateway: Child, host: str, port: int, metrics_port: int, metrics_host: str, args: Sequence[str],
+    env: dict[str, str] | None, timeout: float,
+) -> Child:
+    """The HTTP front, a client of `gateway` (on loopback when the gateway listens everywhere)."""
+    gateway_host, gateway_port = gateway.address.rsplit(":", 1)
+    if gateway_host in ("0.0.0.0", "::", "[::]", ""):
+        gateway_host = "127.0.0.1"
+    flags = ["--host", host, "--port", str(port), "--gateway-addr", f"{gateway_host}:{gateway_port}",
+             "--metrics-port", str(metrics_port), *(["--metrics-host", metrics_host] if metrics_host else []), *args]
+    return _start("http", flags, dict(os.environ) if env is None else env, timeout)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="cosyvoice up", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -274,6 +294,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--internal-host", default="127.0.0.1",
                         help="interface the four stages listen on; only the gateway calls them (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=50051, help="gateway port (default 50051; 0: any free port)")
+    parser.add_argument("--http-port", type=int, default=None,
+                        help="the HTTP front's port on --host (default 8080; with --port 0, a free port too; "
+                             "-1: no HTTP front)")
     parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
                         help="the gateway's /metrics port N; llm, flow, vocoder, frontend get N+1..N+4 "
                              "(0: free ports; -1: no metrics)")
@@ -296,6 +319,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     num_threads = args.num_threads if args.num_threads is not None else (1 if args.device == "cpu" else 0)
     check_before_start(args.model_dir, args.host, args.port)
+    http_port = args.http_port if args.http_port is not None else (DEFAULT_HTTP_PORT if args.port else 0)
+    if http_port > 0:
+        check_before_start(None, args.host, http_port)
     check_metrics_ports(args.host, args.metrics_host, args.port, args.metrics_port)
     security = up_security.from_args(args)  # reads every certificate and key file now
     model_dir = ensure_model_dir(args.model_dir)
@@ -327,6 +353,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             gateway_args=gateway_args, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
             internal_host=args.internal_host,
         )
+        if http_port >= 0:
+            # TLS to the gateway as `up` itself dials it (the gateway's CA, its name).
+            http_tls = _flags_of(gateway_tls_ca=(args.tls_ca or args.tls_cert) if args.tls_cert else "",
+                                 gateway_tls_server_name=args.tls_server_name if args.tls_cert else "")
+            children.append(start_http(children[0], args.host, http_port, metrics_ports(args.metrics_port)["http"],
+                                       args.metrics_host, http_tls, None, args.start_timeout))
         for child in children:
             print(child.describe(), flush=True)
         stopping = threading.Event()
@@ -347,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         stopping.set()
     finally:
         # Longer than the services' drain, so in-flight streams finish before any SIGKILL.
+        # The HTTP front first: its requests drain through the gateway, which stops next.
+        children.sort(key=lambda child: child.name != "http")
         exits = stop_all(children, grace=(args.drain_timeout if args.drain_timeout is not None else 10.0) + 10.0)
     cut = [name for name, exit_code in exits.items() if exit_code == EXIT_STREAMS_CUT]
     if cut:

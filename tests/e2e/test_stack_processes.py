@@ -26,7 +26,7 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 # The test extra installs grpcurl into the virtualenv, which need not be on PATH.
 GRPCURL = shutil.which("grpcurl", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
-_LINE = re.compile(r"^(gateway|llm|flow|vocoder|frontend) (\S+:\d+) \(metrics (\S+:\d+)\)")
+_LINE = re.compile(r"^(gateway|llm|flow|vocoder|frontend|http) (\S+:\d+) \(metrics (\S+:\d+)\)")
 IN_FLIGHT = {
     "llm": "cosyvoice_llm_streams_active",
     "flow": "cosyvoice_flow_sessions_active",
@@ -64,7 +64,7 @@ def stack(tiny_model_dir):
             order.append(match.group(1))
         if line.startswith("ready"):
             break
-    assert order == ["gateway", "llm", "flow", "vocoder", "frontend"], "the gateway's address comes first"
+    assert order == ["gateway", "llm", "flow", "vocoder", "frontend", "http"], "the gateway's address comes first"
     running = RunningStack(process, addresses, metrics)
     yield running
     if process.poll() is None:  # the SIGTERM test did not run: stop it the same orderly way
@@ -180,6 +180,19 @@ def test_grpcurl_lists_and_calls_the_gateway_by_reflection_alone(stack):
     assert called.returncode == 0, called.stderr
     reply = json.loads(called.stdout)
     assert reply["sample_rate"] == 24000 and reply["is_final"] and reply["audio"]
+
+
+def test_the_http_front_serves_through_the_gateway(stack):
+    with urllib.request.urlopen(f"http://{stack.addresses['http']}/readyz", timeout=30) as reply:
+        assert json.loads(reply.read()) == {"status": "ready"}
+    request = urllib.request.Request(f"http://{stack.addresses['http']}/v1/audio/speech", method="POST",
+                                     data=json.dumps({"input": "Hi.", "response_format": "pcm"}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as reply:
+        assert len(reply.read()) > 0
+    with urllib.request.urlopen(f"http://{stack.metrics['http']}/metrics", timeout=5) as reply:
+        scraped = reply.read().decode()
+    assert 'cosyvoice_http_requests_total{endpoint="/v1/audio/speech",status="200"} 1.0' in scraped
 
 
 def test_sigterm_stops_every_process_cleanly(stack):
