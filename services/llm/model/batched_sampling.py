@@ -48,10 +48,10 @@ def sample_batch(log_probs: torch.Tensor, rows: Sequence[SampleRow]) -> list[int
         row = rows[0]
         return [sample_next_token(log_probs[0], row.history, row.params, row.generator, row.masked_token)]
     scores = log_probs.detach().to(device="cpu", dtype=torch.float32)
-    if scores.data_ptr() == log_probs.data_ptr():
-        scores = scores.clone()  # the caller's tensor stays untouched
     masked = [(i, row.masked_token) for i, row in enumerate(rows) if row.masked_token is not None]
     if masked:
+        if scores.data_ptr() == log_probs.data_ptr():
+            scores = scores.clone()  # the caller's tensor stays untouched
         index = torch.tensor(masked, dtype=torch.long)
         scores[index[:, 0], index[:, 1]] = -float("inf")
     tokens = _nucleus_batch(scores, rows)
@@ -60,7 +60,7 @@ def sample_batch(log_probs: torch.Tensor, rows: Sequence[SampleRow]) -> list[int
     for i, row in enumerate(rows):
         window = list(row.history[-row.params.win_size :])
         if window.count(tokens[i]) >= row.params.win_size * row.params.tau_r:
-            line = scores[i]
+            line = scores[i].clone()  # scores may be the caller's tensor
             line[tokens[i]] = -float("inf")
             tokens[i] = random_sample(line, row.generator)
     return tokens
