@@ -73,7 +73,7 @@ def test_replicas_per_stage_and_one_gateway() -> None:
     scaled = resolve(BASE_FILE, env={"COSYVOICE_LLM_REPLICAS": "3", "COSYVOICE_VOCODER_REPLICAS": "2"}).config
     replicas = {name: service["deploy"]["replicas"] for name, service in scaled["services"].items()
                 if is_ours(service)}
-    assert replicas == {"llm": 3, "flow": 1, "vocoder": 2, "frontend": 1, "gateway": 1}
+    assert replicas == {"llm": 3, "flow": 1, "vocoder": 2, "frontend": 1, "gateway": 1, "http": 1}
 
 
 def test_the_gateway_balances_over_every_replica_by_dns(gpu: dict[str, Any]) -> None:
@@ -89,12 +89,13 @@ def test_only_the_gateway_and_grafana_are_published(gpu: dict[str, Any], cpu: di
     networks = resolve(BASE_FILE).config["networks"]
     for services in (gpu, cpu):
         published = {name: service["ports"] for name, service in services.items() if service.get("ports")}
-        assert set(published) == {"gateway", "grafana"}
+        assert set(published) == {"gateway", "grafana", "http"}
+        assert [(p["target"], str(p["published"])) for p in published["http"]] == [(8080, "8080")]
         assert [(p["target"], str(p["published"])) for p in published["gateway"]] == [(50051, "50051")]
         assert [p["target"] for p in published["grafana"]] == [3000]
         for name in (*STAGES, "prometheus"):
             assert all(networks[n].get("internal") for n in services[name]["networks"]), name
-        for name in ("gateway", "grafana"):
+        for name in ("gateway", "grafana", "http"):
             assert any(not networks[n].get("internal") for n in services[name]["networks"]), name
     assert networks["stages"]["internal"] is True
 

@@ -120,10 +120,11 @@ def setting_problems(objects: list[dict]) -> list[str]:
     from services.flow.config import FlowServiceConfig
     from services.frontend.config import FrontendServiceConfig
     from services.llm.config import LLMServiceConfig
+    from services.http.config import HttpConfig
     from services.vocoder.config import VocoderServiceConfig
 
     classes = {"gateway": GatewayConfig, "llm": LLMServiceConfig, "flow": FlowServiceConfig,
-               "vocoder": VocoderServiceConfig, "frontend": FrontendServiceConfig}
+               "vocoder": VocoderServiceConfig, "frontend": FrontendServiceConfig, "http": HttpConfig}
     problems = []
     for obj in of_kind(objects, "Deployment"):
         component = obj["metadata"]["labels"]["app.kubernetes.io/component"]
@@ -358,7 +359,7 @@ def test_the_service_monitor_scrapes_all_five_services_as_their_jobs():
     wanted = monitor["spec"]["selector"]["matchLabels"]
     selected = [s for s in of_kind(objects, "Service") if wanted.items() <= s["metadata"]["labels"].items()]
     jobs = {s["metadata"]["labels"][monitor["spec"]["jobLabel"]] for s in selected}
-    assert jobs == set(CONTRACT)  # the contract's Prometheus job names
+    assert jobs == {*CONTRACT, "http"}  # the contract's Prometheus job names, and the HTTP front's
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["path"] == "/metrics"
     for svc in selected:
