@@ -248,3 +248,57 @@ async def test_the_chunked_final_switch_reuses_the_caches_and_only_changes_the_f
     assert np.abs(approximate[-1] - full[-1]).max() > MEL_TOLERANCE  # full attention there, not chunks
     gc.collect()
     assert len(chunked.incremental_states) == 0
+
+
+def test_window_cache_keeps_complete_frames_and_counts_its_bytes():
+    from services.flow.model.window_cache import WindowCache
+
+    conv, attention = torch.nn.Identity(), torch.nn.Identity()
+    cache = WindowCache()
+    x = torch.arange(10.0).view(1, 1, 10)
+    assert cache.conv_input(conv, x, 2)[0, 0, :2].tolist() == [0.0, 0.0]  # the causal zero padding
+    k = torch.arange(10.0).view(1, 1, 10, 1)
+    cache.keys_values(attention, k, k)
+    cache.commit(6)  # frames 0..5 complete; 6..9 will be recomputed
+    assert cache.conv_input(conv, x[:, :, 6:], 2)[0, 0].tolist() == [4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+    keys, _ = cache.keys_values(attention, k[:, :, 6:], k[:, :, 6:])
+    assert keys.flatten().tolist() == list(range(10))
+    assert cache.nbytes() == (2 + 2 * 6) * 4
+    cache.commit(0)  # nothing new completed: the state stays
+    assert cache.nbytes() == (2 + 2 * 6) * 4
+    cache.clear()
+    assert cache.nbytes() == 0
+
+
+async def test_a_failed_incremental_chunk_drops_the_caches_and_the_stream_goes_on_exactly(our_flow):
+    request = make_request(200, 7, seed=74)
+    pieces = _hops(200, 7, None)  # 46, 50, 100 tokens, then the final 4
+    runner, off = _runner(our_flow, True), _runner(our_flow, False)
+    runner.start()
+    off.start()
+    tokens = request.token[0].tolist()
+    try:
+        session = runner.open_session(None, VoicePrompt(request.prompt_token[0].numpy(),
+                                                        request.prompt_feat[0].numpy(), request.embedding[0].numpy()))
+        first = await runner.decode(session, [tokens[i] for i in pieces[0][0]], False)
+
+        def broken(*args, **kwargs):  # noqa: ANN002, ANN003
+            raise RuntimeError("out of memory")
+
+        session.incremental.decode = broken
+        with pytest.raises(RuntimeError, match="out of memory"):
+            await runner.decode(session, [tokens[i] for i in pieces[1][0]], False)
+        assert session.incremental is None
+        # The failed chunk's tokens were taken; the stream re-sends nothing and goes on in full.
+        rest = [(await runner.decode(session, [tokens[i] for i in sent], final)).mel for sent, final in pieces[2:]]
+        runner.close_session(session)
+        full = await _stream(off, request, pieces)
+    finally:
+        await runner.close()
+        await off.close()
+    assert np.abs(first.mel - full[0]).max() <= MEL_TOLERANCE
+    # The failed chunk's frames come with the next one: what the full path gives for that call.
+    end = pieces[2][0][-1] + 1
+    resumed = decode_chunk_batch(our_flow, [ChunkJob(session, tuple(tokens[:end]), len(pieces[0][0]) - 3, False)])[0]
+    assert rest[0].shape == resumed.shape and np.abs(rest[0] - resumed).max() <= MEL_TOLERANCE
+    assert len(rest) == 2 and rest[1].shape == full[3].shape and np.abs(rest[1] - full[3]).max() <= MEL_TOLERANCE

@@ -65,4 +65,6 @@ def window_attention_mask(start: int, length: int, chunk_size: int, device: torc
     [0, length) of one stream, chunked like `chunk_mask`; None when chunk_size is 0 (full)."""
     if chunk_size <= 0:
         return None
-    return chunk_mask(length, chunk_size, device)[start:].view(1, 1, length - start, length)
+    rows = torch.arange(start, length, device=device)
+    chunk_end = (torch.div(rows, chunk_size, rounding_mode="floor") + 1) * chunk_size
+    return (torch.arange(length, device=device).unsqueeze(0) < chunk_end.unsqueeze(1)).view(1, 1, -1, length)

@@ -19,6 +19,7 @@ class WindowCache:
     def __init__(self) -> None:
         self._past: dict[nn.Module, tuple[torch.Tensor, ...]] = {}
         self._staged: dict[nn.Module, tuple[str, tuple[torch.Tensor, ...], int]] = {}
+        self._bytes = 0  # kept up to date: the runner sums every stream's caches after each chunk
 
     def conv_input(self, module: nn.Module, x: torch.Tensor, context: int) -> torch.Tensor:
         """x (B, C, W) with the conv's `context` earlier inputs in front (zeros before frame 0,
@@ -40,20 +41,29 @@ class WindowCache:
     def commit(self, keep: int) -> None:
         """Keep the state of the window's first `keep` frames; forget the rest of this pass."""
         for module, (kind, tensors, context) in self._staged.items():
+            past = self._past.get(module)
             if kind == "conv":
                 # The last `context` inputs before the new boundary (window frame `keep`).
-                self._past[module] = (tensors[0][:, :, keep : keep + context].clone(),)
+                state: tuple[torch.Tensor, ...] = (tensors[0][:, :, keep : keep + context].clone(),)
             elif keep > 0:
                 k, v = (t[:, :, :keep] for t in tensors)
-                past = self._past.get(module)
                 if past is not None:
                     k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-                self._past[module] = (k.contiguous(), v.contiguous())
+                state = (k.contiguous(), v.contiguous())
+            else:
+                continue
+            self._bytes += _nbytes(state) - (_nbytes(past) if past is not None else 0)
+            self._past[module] = state
         self._staged.clear()
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for state in self._past.values() for t in state)
+        return self._bytes
 
     def clear(self) -> None:
         self._past.clear()
         self._staged.clear()
+        self._bytes = 0
+
+
+def _nbytes(tensors: tuple[torch.Tensor, ...]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
