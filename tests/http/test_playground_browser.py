@@ -4,17 +4,19 @@ Debian's chromium driven by Playwright (no browser download is possible here). T
 figures are read from the data-* attributes of `#stats`, and every wait is Playwright's
 wait_for_function on them, never a sleep. A stand-in app with a scripted endpoint checks the
 byte handling and the error display without a model; the live-stack test runs the real HTTP
-front on the tiny model."""
+front started by `cosyvoice up` on the tiny model."""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import io
 import re
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +24,8 @@ from typing import Iterator
 import pytest
 import soundfile
 from fastapi import File, Form, Request, UploadFile  # module globals: the stand-in's annotations are strings
+
+from tests.conftest import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -274,53 +278,39 @@ def test_microphone_recording_registers_as_a_wav(tab, stand_in, fake_app):
 # ---- the real HTTP front over a live stack on the tiny model ---------------------------------
 
 @contextlib.contextmanager
-def live_http_front(model_dir: Path) -> Iterator[str]:
-    """The four stages, the gateway and the HTTP front (create_app) on loopback in one event
-    loop of their own thread: the test drives the browser with Playwright's sync API."""
-    import uvicorn
-
-    from services.http.app import create_app
-    from services.http.config import HttpConfig
-    from tests.stack import running_stack
-
-    started: concurrent.futures.Future[tuple[str, asyncio.AbstractEventLoop, asyncio.Event]] = (
-        concurrent.futures.Future())
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        async with running_stack(model_dir) as stack:
-            app = create_app(HttpConfig(gateway_addr=stack.address, port=0, metrics_port=-1))
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sock.listen(64)
-            server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-            serving = asyncio.create_task(server.serve(sockets=[sock]))
-            host, port = sock.getsockname()
-            started.set_result((f"http://{host}:{port}", asyncio.get_running_loop(), stop))
-            await stop.wait()
-            server.should_exit = True
-            await serving
-            sock.close()
-
-    def run() -> None:
-        try:
-            asyncio.run(main())
-        except BaseException as error:  # noqa: BLE001 - handed to the test thread
-            if not started.done():
-                started.set_exception(error)
-            raise
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    base, loop, stop = started.result(timeout=180)
+def cosyvoice_up(model_dir: Path, log: Path) -> Iterator[str]:
+    """`cosyvoice up` as a real process on free ports (the four stages, the gateway and the HTTP
+    front, six processes); yields the HTTP front's base URL once up says `ready`. Its stderr
+    goes to `log`, quoted when it does not start."""
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli.main", "up", "--model-dir", str(model_dir), "--port", "0",
+             "--metrics-port", "0", "--speaker-db", ":memory:"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )
     try:
-        yield base
+        http = None
+        assert process.stdout is not None
+        for line in process.stdout:
+            match = re.match(r"^http (\S+:\d+) ", line)
+            if match:
+                http = match.group(1)
+            if line.startswith("ready"):
+                break
+        assert http is not None, f"up printed no http line; its stderr ends:\n{log.read_text()[-3000:]}"
+        threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # keep draining
+        yield f"http://{http}"
     finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout=60)
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
-def test_playground_on_a_live_stack(browser, tiny_model_dir):
+@pytest.mark.slow  # six processes to start: ~25 s of the ~60 s on a loaded 2-core box
+def test_playground_on_a_live_stack(browser, tiny_model_dir, tmp_path):
     """Types, picks the preset voice, synthesises through /v1/audio/speech and hears it; then
     registers the tiny model's prompt recording as a voice from the file input and speaks
     with it; registering it again shows the 409; deletes it; then the inline prompt through the
@@ -339,7 +329,7 @@ def test_playground_on_a_live_stack(browser, tiny_model_dir):
         assert float(tab.stat("ttfa-ms")) > 0 and float(tab.stat("rtf")) > 0
 
     try:
-        with live_http_front(tiny_model_dir) as base:
+        with cosyvoice_up(tiny_model_dir, tmp_path / "up.log") as base:
             tab.open(base)
             page.wait_for_function("document.getElementById('server').dataset.state === 'done'", timeout=WAIT_MS)
 
