@@ -224,6 +224,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the fastest counts")
     parser.add_argument("--tau-r", type=float, default=0.1,
                         help="RAS threshold; 1.0 makes the fallback redraw rare (isolates its cost)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--precision", action="store_true",
                         help="instead: bf16 and fp16 against fp32 (log-prob diff, changed tokens)")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -236,10 +237,11 @@ def main() -> None:
         precision(model, seeds=8)
         return
     peak = matmul_peak()
+    model = model.to(getattr(torch, args.dtype))
     results = bench(model, args.streams, args.steps, args.rounds, args.tau_r)
     base, cpu_base = results[0]["tokens_per_s"], results[0]["tokens_per_cpu_s"]
     print(f"matmul peak {peak / 1e9:.2f} GFLOP/s per CPU second ({args.threads} thread(s), 512x512 fp32)")
-    print(f"tau_r {args.tau_r}, {args.steps} decode steps, best of {args.rounds} alternating rounds (by CPU time); "
+    print(f"{args.dtype}, tau_r {args.tau_r}, {args.steps} decode steps, best of {args.rounds} alternating rounds (by CPU time); "
           "phases in CPU ms per step")
     print(f"{'streams':>7} {'tok/wall-s':>10} {'ratio':>6} {'tok/cpu-s':>9} {'ratio':>6} {'cpu ms/step':>11} {'sched':>7} {'forward':>8} {'sample':>7} "
           f"{'ras':>6} {'post':>6} {'ras/tok':>7} {'fwd GFLOP/s':>11} {'of peak':>7}")
