@@ -145,8 +145,8 @@ def stage_dtype_deviation(repeats: int) -> None:
 
 
 def compile_check() -> None:
-    """torch.compile on the tiny flow's estimator: compile time of the first streaming and the
-    first final chunk, and the difference from eager."""
+    """torch.compile on the tiny model: compile time of the flow's first streaming and first
+    final chunk and of HiFT's first chunk, and each one's difference from eager."""
     from services.flow.chunk_decoder import ChunkJob, decode_chunk_batch, speaker_session
     from services.flow.model.loader import load_flow
     from services.tinymodel.writer import write_tiny_model
@@ -164,6 +164,18 @@ def compile_check() -> None:
         print(f"torch.compile: first {name} chunk {time.perf_counter() - started:.0f} s")
         if name == "streaming":
             print(f"torch.compile: max|compiled - eager| {max(float(abs(a - e).max()) for a, e in zip(actual, expected)):.1e}")
+    from services.vocoder.model.loader import load_hift
+    from services.vocoder.model.streaming import VocoderStream
+
+    with tempfile.TemporaryDirectory() as work:
+        hift = load_hift(ModelDir.open(write_tiny_model(Path(work), seed=0)))
+    mel = torch.randn(80, 40, generator=torch.Generator().manual_seed(1)) - 4
+    expected_audio = VocoderStream(hift, torch.Generator().manual_seed(1)).push(mel, final=True)
+    hift.network = torch.compile(hift.network, dynamic=True)
+    started = time.perf_counter()
+    audio = VocoderStream(hift, torch.Generator().manual_seed(1)).push(mel, final=True)
+    print(f"torch.compile: HiFT first chunk {time.perf_counter() - started:.0f} s, "
+          f"max|compiled - eager| {float((audio - expected_audio).abs().max()):.1e}")
 
 
 def main() -> None:
@@ -174,7 +186,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads")
     parser.add_argument("--skip-dtypes", action="store_true")
-    parser.add_argument("--compile-check", action="store_true", help="only time torch.compile on the tiny flow")
+    parser.add_argument("--compile-check", action="store_true", help="only time torch.compile on the tiny flow and HiFT")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.compile_check:

@@ -165,31 +165,34 @@ def test_tensorrt_engine_equals_torch_is_cached_and_serves_threads(flow, tiny_mo
     from services.common.backends.tensorrt_graph import TensorRTGraph
 
     estimator = flow.decoder.estimator.to("cuda")
-    config = FlowServiceConfig(model_dir=tiny_model_dir, device="cuda", backend="tensorrt", engine_dir=engine_dir,
-                               trt_min_frames=4, trt_opt_frames=120, trt_max_frames=400, max_batch_size=4)
-    path = ensure_estimator_onnx(estimator, ModelDir.open(tiny_model_dir), engine_dir)
-    build = lambda: TensorRTGraph(path, engine_dir, "float32", estimator_profile(estimator, config), 2, 1024, "cuda")  # noqa: E731
-    graph = build()
-    built_at = graph.plan.stat().st_mtime_ns
-    assert build().plan.stat().st_mtime_ns == built_at  # loaded from the cache, not rebuilt
-    backend = GraphEstimator("tensorrt", graph, estimator)
-    cases = [tuple(t.cuda() for t in example_inputs(estimator, 2, n)) for n in (7, 120, 333)]
-    with torch.inference_mode():
-        expected = [estimator(*c[:6], streaming=c[6] > 0.5) for c in cases]
-    results: dict[int, torch.Tensor] = {}
-
-    def run(index: int) -> None:
+    try:
+        config = FlowServiceConfig(model_dir=tiny_model_dir, device="cuda", backend="tensorrt", engine_dir=engine_dir,
+                                   trt_min_frames=4, trt_opt_frames=120, trt_max_frames=400, max_batch_size=4)
+        path = ensure_estimator_onnx(estimator, ModelDir.open(tiny_model_dir), engine_dir)
+        build = lambda: TensorRTGraph(path, engine_dir, "float32", estimator_profile(estimator, config), 2, 1024, "cuda")  # noqa: E731
+        graph = build()
+        built_at = graph.plan.stat().st_mtime_ns
+        assert build().plan.stat().st_mtime_ns == built_at  # loaded from the cache, not rebuilt
+        backend = GraphEstimator("tensorrt", graph, estimator)
+        cases = [tuple(t.cuda() for t in example_inputs(estimator, 2, n)) for n in (7, 120, 333)]
         with torch.inference_mode():
-            results[index] = backend(*cases[index][:6], cases[index][6] > 0.5)
+            expected = [estimator(*c[:6], streaming=c[6] > 0.5) for c in cases]
+        results: dict[int, torch.Tensor] = {}
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(cases))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for index, want in enumerate(expected):
-        assert float((results[index] - want).abs().max()) < 1e-2  # TF32 may be on inside the engine
-    too_long = tuple(t.cuda() for t in example_inputs(estimator, 2, 500))
-    backend(*too_long[:6], too_long[6] > 0.5)
-    assert backend.fallback_calls == 1  # past trt_max_frames: torch ran it
-    assert set(INPUT_NAMES) == set(graph.input_names)
+        def run(index: int) -> None:
+            with torch.inference_mode():
+                results[index] = backend(*cases[index][:6], cases[index][6] > 0.5)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(cases))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for index, want in enumerate(expected):
+            assert float((results[index] - want).abs().max()) < 1e-2  # TF32 may be on inside the engine
+        too_long = tuple(t.cuda() for t in example_inputs(estimator, 2, 500))
+        backend(*too_long[:6], too_long[6] > 0.5)
+        assert backend.fallback_calls == 1  # past trt_max_frames: torch ran it
+        assert set(INPUT_NAMES) == set(graph.input_names)
+    finally:
+        flow.decoder.estimator.to("cpu")
