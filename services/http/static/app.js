@@ -164,6 +164,7 @@ async function onDeleteVoice() {
   try {
     await deleteVoice(apiKey(), name);
     await loadVoices();
+    ui.promptStatus.textContent = `Deleted voice “${name}”.`;
   } catch (error) {
     showError(error);
   }
