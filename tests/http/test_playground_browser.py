@@ -133,8 +133,9 @@ def stand_in_app():
     app.state.registered = registered
 
     @app.get("/v1/audio/voices")
-    async def voices() -> dict:
-        return {"voices": [{"name": "default", "preset": True}, *registered.values()]}
+    async def voices(request: Request) -> dict:
+        keyed = [{"name": "keyed", "preset": True}] if request.headers.get("authorization") == "Bearer s3cret" else []
+        return {"voices": [{"name": "default", "preset": True}, *keyed, *registered.values()]}
 
     @app.post("/v1/audio/voices", status_code=201)
     async def register(name: str = Form(), prompt_text: str = Form(), audio: UploadFile = File()) -> dict:
@@ -146,6 +147,7 @@ def stand_in_app():
     @app.post("/v1/audio/speech")
     async def speech(request: Request):
         body = await request.json()
+        app.state.last_speech = (body, request.headers.get("authorization"))
         if body["input"] == "fail":
             return JSONResponse({"error": {"code": "invalid_argument", "message": "text: the stand-in refuses"}}, 400)
 
@@ -216,6 +218,23 @@ def test_page_streams_plays_and_offers_the_exact_samples(tab, stand_in):
     )
     assert bytes(downloaded[:4]) == b"RIFF" and bytes(downloaded[44:]) == RAMP
     assert tab.errors == []
+
+
+def test_the_api_key_goes_as_a_bearer_header(tab, stand_in, fake_app):
+    tab.open(stand_in)
+    page = tab.page
+    page.fill("#api-key", "s3cret")
+    page.press("#api-key", "Tab")  # `change`: the voices are listed again, with the key
+    page.select_option("#mode", "sft")
+    page.wait_for_function("[...document.getElementById('voice').options].some((o) => o.value === 'keyed')",
+                           timeout=WAIT_MS)
+    page.select_option("#voice", "keyed")
+    tab.synthesize()
+    body, authorization = fake_app.state.last_speech
+    assert authorization == "Bearer s3cret"
+    assert body == {"model": "cosyvoice2", "input": page.input_value("#text"), "voice": "keyed",
+                    "response_format": "pcm", "speed": 1, "stream_format": "audio"}
+    assert "Bearer $KEY" in page.text_content("#request-line") and "s3cret" not in page.text_content("#request-line")
 
 
 def test_page_shows_the_json_error(tab, stand_in):
