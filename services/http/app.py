@@ -8,7 +8,6 @@ audio_format.py, the error map in errors.py.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import time
 from typing import Any, AsyncIterator
 
@@ -17,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from services.common.metrics import make_registry, package_version
-from services.http import routes_health, routes_native, routes_speech, routes_voices, routes_ws
+from services.http import playground, routes_health, routes_native, routes_speech, routes_voices, routes_ws
 from services.http.config import HttpConfig
 from services.http.errors import install_error_handlers
 from services.http.gateway_client import GatewayClient
@@ -61,7 +60,7 @@ def create_app(config: HttpConfig, registry: CollectorRegistry | None = None) ->
     install_error_handlers(app)
     for module in (routes_health, routes_speech, routes_voices, routes_native, routes_ws):
         app.include_router(module.router)
-    _include_playground(app)
+    app.include_router(playground.router)  # `/` and `/static/*`
     # Added innermost first: CORS answers preflights outside everything; every request,
     # refused ones included, passes the metrics.
     app.add_middleware(BodyLimit, body_limit=config.max_body_bytes, upload_limit=config.max_upload_bytes)
@@ -71,12 +70,3 @@ def create_app(config: HttpConfig, registry: CollectorRegistry | None = None) ->
         app.add_middleware(CORSMiddleware, allow_origins=config.allowed_origins, allow_methods=["*"],
                            allow_headers=["*"], allow_credentials="*" not in config.allowed_origins)
     return app
-
-
-def _include_playground(app: FastAPI) -> None:
-    """The playground at `/` (another module, built separately); absent until it exists."""
-    if importlib.util.find_spec("services.http.playground") is None:
-        return
-    from services.http import playground
-
-    app.include_router(playground.router)
