@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from services.common.backends import BackendError
 from services.common.backends.onnx_graph import OnnxGraph
 from services.common.config import ConfigError, load_config
 from services.common.metrics import make_registry
@@ -196,3 +197,27 @@ def test_tensorrt_engine_equals_torch_is_cached_and_serves_threads(flow, tiny_mo
         assert set(INPUT_NAMES) == set(graph.input_names)
     finally:
         flow.decoder.estimator.to("cpu")
+
+
+def _has_cuda_provider() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+@pytest.mark.skipif(_has_cuda_provider(), reason="checks the refusal without a CUDA provider; this onnxruntime has one")
+def test_onnxruntime_without_the_cuda_provider_is_one_line(flow, tiny_model_dir: Path, engine_dir: Path) -> None:
+    path = ensure_estimator_onnx(flow.decoder.estimator, ModelDir.open(tiny_model_dir), engine_dir)
+    with pytest.raises(BackendError) as error:
+        OnnxGraph(path, "cuda", device="cuda")
+    assert str(error.value) == (
+        "onnx_provider cuda: this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+    )
+
+
+def test_an_engine_dir_that_cannot_be_written_is_one_line(flow, tiny_model_dir: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(BackendError) as error:
+        ensure_estimator_onnx(flow.decoder.estimator, ModelDir.open(tiny_model_dir), blocker / "engines")
+    assert str(error.value) == f"cannot write ONNX graphs to {blocker / 'engines'}: Not a directory"
