@@ -15,7 +15,8 @@ It also prints the forward's achieved FLOP/s against a matmul microbenchmark's p
 same thread count, so a ratio out of reach can be told from one that is not.
 
 Usage: python scripts/bench_llm_engine.py [--threads 1] [--steps 60] [--rounds 3] [--tau-r 0.1]
-       [--streams 1 4 16 64] [--json out.json]
+       [--streams 1 4 16 64] [--dtype float32] [--json out.json]
+       python scripts/bench_llm_engine.py --precision   # bf16 and fp16 against fp32
 """
 
 from __future__ import annotations
@@ -84,29 +85,27 @@ class PhaseClock:
 
         setattr(owner, name, timed)
 
-    def reset(self) -> None:
-        for key in self.seconds:
-            self.seconds[key] = 0.0
-        self.ras_draws = 0
 
-    def per_step_ms(self, steps: int) -> dict[str, float]:
-        s = self.seconds
-        return {
-            "schedule": 1e3 * s["schedule"] / steps,
-            "forward": 1e3 * s["forward"] / steps,
-            "sample": 1e3 * (s["run"] - s["forward"] - s["ras"]) / steps,
-            "ras": 1e3 * s["ras"] / steps,
-            "post": 1e3 * s["post"] / steps,
-        }
+
+def per_step_ms(seconds: dict[str, float], steps: int) -> dict[str, float]:
+    """Phase milliseconds per step; sample = runner.run minus the forward and RAS redraws."""
+    return {
+        "schedule": 1e3 * seconds["schedule"] / steps,
+        "forward": 1e3 * seconds["forward"] / steps,
+        "sample": 1e3 * (seconds["run"] - seconds["forward"] - seconds["ras"]) / steps,
+        "ras": 1e3 * seconds["ras"] / steps,
+        "post": 1e3 * seconds["post"] / steps,
+    }
 
 
 def tiny_llm(seed: int = 0) -> torch.nn.Module:
-    root = Path(tempfile.mkdtemp(prefix="bench-llm-"))
-    (root / QWEN_DIR).mkdir(parents=True)
-    (root / "cosyvoice2.yaml").write_text(TINY_YAML.read_text(encoding="utf-8"), encoding="utf-8")
-    (root / QWEN_DIR / "config.json").write_text(json.dumps(tiny_qwen_config(300)), encoding="utf-8")
-    torch.manual_seed(seed)
-    model = build_llm(ModelDir.open(root))
+    with tempfile.TemporaryDirectory(prefix="bench-llm-") as tmp:
+        root = Path(tmp)
+        (root / QWEN_DIR).mkdir(parents=True)
+        (root / "cosyvoice2.yaml").write_text(TINY_YAML.read_text(encoding="utf-8"), encoding="utf-8")
+        (root / QWEN_DIR / "config.json").write_text(json.dumps(tiny_qwen_config(300)), encoding="utf-8")
+        torch.manual_seed(seed)
+        model = build_llm(ModelDir.open(root))
     with torch.no_grad():
         model.llm_decoder.weight.mul_(6.0)  # a peaked head, as in the tests: top-p cuts, RAS fires
     return model
@@ -136,31 +135,41 @@ def matmul_peak(size: int = 512, repeats: int = 10, rounds: int = 5) -> float:
 
 
 def measure(engine: LLMEngine, clock: PhaseClock, n: int, steps: int, tau_r: float) -> dict[str, float]:
-    """Prefill n requests, time `steps` decode steps, abort them."""
+    """n fresh requests: prefill, 3 warm steps, `steps` timed decode steps, abort. Fewer than
+    16 streams repeat this 16 // n times, so every count is timed over about the same number
+    of tokens and the same context lengths (a short, single-stream sample is the noisiest)."""
     ratio = float(steps + 8) / TEXT_TOKENS  # every request outlives the measured steps
-    for i in range(n):
-        prompt = build_prompt("sft", [(7 * i + j) % 290 + 5 for j in range(TEXT_TOKENS)])
-        params = SamplingParams(seed=i, tau_r=tau_r, min_token_text_ratio=ratio, max_token_text_ratio=ratio)
-        engine.add_request(f"{n}-{i}", prompt, params)
-    while engine.scheduler.num_waiting:
-        engine.step()  # prefill (not measured)
-    for _ in range(3):
-        engine.step()  # warm decode at this batch size
-    clock.reset()
-    tokens = 0
-    start, cpu_start = time.perf_counter(), time.thread_time()
-    for _ in range(steps):
-        tokens += sum(out.token is not None for out in engine.step())
-    elapsed, cpu = time.perf_counter() - start, time.thread_time() - cpu_start
-    for i in range(n):
-        engine.abort_request(f"{n}-{i}")
-    engine.step()
+    tokens, elapsed, cpu, draws = 0, 0.0, 0.0, 0
+    phases = dict.fromkeys(clock.seconds, 0.0)
+    for repeat in range(max(1, 16 // n)):
+        for i in range(n):
+            prompt = build_prompt("sft", [(7 * i + j) % 290 + 5 for j in range(TEXT_TOKENS)])
+            params = SamplingParams(seed=100 * repeat + i, tau_r=tau_r, min_token_text_ratio=ratio,
+                                    max_token_text_ratio=ratio)
+            engine.add_request(f"{n}-{i}", prompt, params)
+        while engine.scheduler.num_waiting:
+            engine.step()  # prefill (not measured)
+        for _ in range(3):
+            engine.step()  # warm decode at this batch size
+        before, draws_before = dict(clock.seconds), clock.ras_draws
+        start, cpu_start = time.perf_counter(), time.thread_time()
+        for _ in range(steps):
+            tokens += sum(out.token is not None for out in engine.step())
+        elapsed += time.perf_counter() - start
+        cpu += time.thread_time() - cpu_start
+        for key in phases:  # the timed steps' share only
+            phases[key] += clock.seconds[key] - before[key]
+        draws += clock.ras_draws - draws_before
+        for i in range(n):
+            engine.abort_request(f"{n}-{i}")
+        engine.step()
+    total_steps = steps * max(1, 16 // n)
     context = TEXT_TOKENS + 2 + 3 + steps // 2
-    flops = forward_flops_per_token(engine.model, context) * n * steps / (clock.seconds["forward"] or 1e-9)
+    flops = forward_flops_per_token(engine.model, context) * tokens / (phases["forward"] or 1e-9)
     return {"streams": n, "tokens_per_s": tokens / elapsed, "tokens_per_cpu_s": tokens / cpu,
-            "ms_per_step": 1e3 * elapsed / steps, "cpu_ms_per_step": 1e3 * cpu / steps,
-            **{f"{k}_ms": v for k, v in clock.per_step_ms(steps).items()},
-            "ras_draws_per_token": clock.ras_draws / max(tokens, 1), "forward_flops": flops}
+            "ms_per_step": 1e3 * elapsed / total_steps, "cpu_ms_per_step": 1e3 * cpu / total_steps,
+            **{f"{k}_ms": v for k, v in per_step_ms(phases, total_steps).items()},
+            "ras_draws_per_token": draws / max(tokens, 1), "forward_flops": flops}
 
 
 def bench(model: torch.nn.Module, streams: list[int], steps: int, rounds: int, tau_r: float) -> list[dict[str, float]]:
