@@ -12,7 +12,8 @@ batch size, against the machine's measured float32 matmul peak, all in one run.
 3. Flow batch forming: 4 × 28-token + 4 × 78-token chunks waiting together, run as the
    runner does (length_buckets, padding ≤ 1.2×: two batches), as one padded batch of 8, and
    one by one.
-4. The incremental flow path (one stream per call) for the same two chunks.
+4. The incremental flow path (per-stream caches, the streams' windows batched) for a first
+   chunk (28 tokens) and a second one (78 tokens, 53 of them new), B = 1, 2, 4, 8.
 5. LLM forward (backbone + speech head for one decode token per stream, context 100
    positions), B = 1, 4, 16, 64: tokens/s, ratio to B = 1, FLOPs and FLOP/s.
 
@@ -25,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -50,7 +50,8 @@ LLM_CONTEXT = 100
 
 
 def timed(fn: Callable[[], object], min_seconds: float, min_runs: int = 3) -> float:
-    """Median seconds per call over at least `min_runs` calls and `min_seconds` (after one warm call)."""
+    """Best seconds per call over at least `min_runs` calls and `min_seconds` (after one warm
+    call): on a shared machine the fastest run is the one least disturbed by others."""
     fn()
     times: list[float] = []
     started = time.perf_counter()
@@ -58,7 +59,7 @@ def timed(fn: Callable[[], object], min_seconds: float, min_runs: int = 3) -> fl
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times)
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -130,36 +131,43 @@ def bench_batch_forming(flow: torch.nn.Module, padding: float, min_seconds: floa
 
 
 def bench_incremental(flow: torch.nn.Module, peak: float, runs: int) -> list[dict]:
-    """The incremental path (COSYVOICE_FLOW_INCREMENTAL, one stream per call: the runner does
-    not batch it): a stream's first chunk (28 tokens) and second (78 tokens, 50 of them new)."""
+    """The incremental path (COSYVOICE_FLOW_INCREMENTAL: each stream's caches; the runner batches
+    the streams' ODE windows): B streams' first chunk (28 tokens) and second (78 tokens, 53 new)."""
     from services.flow.model.config import REFERENCE_N_TIMESTEPS
 
-    first, second = flow_jobs(flow, 28, 1, seed=3)[0], flow_jobs(flow, 78, 1, seed=3)[0]
-    second = ChunkJob(first.session, first.tokens[:25] + second.tokens[25:], 25, finalize=False)
-
-    def fresh() -> IncrementalFlow:
-        return IncrementalFlow(flow, first.session.prompt_mel, first.session.embedding, REFERENCE_N_TIMESTEPS)
-
     rows = []
-    for name, job, before in (("first", first, None), ("second", second, first)):
-        times, flops = [], 0
-        for run in range(runs + 1):
-            state = fresh()
-            if before is not None:
-                decode_incremental(flow, before, state)
-            if run == runs:  # the last one counts FLOPs (the counter's dispatch slows it down)
-                flops = count_flops(lambda: decode_incremental(flow, job, state))
-                break
-            t0 = time.perf_counter()
-            decode_incremental(flow, job, state)
-            times.append(time.perf_counter() - t0)
-        seconds = statistics.median(times[1:] or times)
-        rows.append({"chunk": name, "tokens": len(job.tokens), "new_tokens": len(job.tokens) - job.offset,
-                     "ms_per_call": 1e3 * seconds, "gflop_per_call": flops / 1e9,
-                     "gflop_per_s": flops / seconds / 1e9, "fraction_of_peak": flops / seconds / peak})
-        print(f"flow incremental {name} chunk ({len(job.tokens)} tokens, {len(job.tokens) - job.offset} new), one "
-              f"stream: {1e3 * seconds:8.1f} ms  {flops / 1e9:7.3f} GFLOP  {flops / seconds / 1e9:6.2f} GFLOP/s  "
-              f"{100 * flops / seconds / peak:5.1f} % of peak", flush=True)
+    for name in ("first", "second"):
+        base = None
+        for batch in FLOW_BATCHES:
+            firsts = flow_jobs(flow, 28, batch, seed=3)
+            seconds_jobs = [ChunkJob(f.session, f.tokens[:25] + s.tokens[25:], 25, finalize=False)
+                            for f, s in zip(firsts, flow_jobs(flow, 78, batch, seed=4))]
+            jobs = firsts if name == "first" else seconds_jobs
+            times, flops = [], 0
+            for run in range(runs + 2):  # one warm call, `runs` timed, then one counted
+                states = [IncrementalFlow(flow, j.session.prompt_mel, j.session.embedding, REFERENCE_N_TIMESTEPS)
+                          for j in jobs]
+                if name == "second":
+                    decode_incremental(flow, firsts, states)
+                if run == runs + 1:  # the counter's dispatch slows the call: counted apart
+                    flops = count_flops(lambda: decode_incremental(flow, jobs, states))
+                    break
+                t0 = time.perf_counter()
+                decode_incremental(flow, jobs, states)
+                if run:
+                    times.append(time.perf_counter() - t0)
+            seconds = min(times)
+            throughput = batch / seconds
+            base = base or throughput
+            new = len(jobs[0].tokens) - jobs[0].offset
+            rows.append({"chunk": name, "tokens": len(jobs[0].tokens), "new_tokens": new, "batch": batch,
+                         "ms_per_call": 1e3 * seconds, "chunks_per_s": throughput, "ratio": throughput / base,
+                         "gflop_per_call": flops / 1e9, "gflop_per_s": flops / seconds / 1e9,
+                         "fraction_of_peak": flops / seconds / peak})
+            print(f"flow incremental {name:<6} ({len(jobs[0].tokens)} tokens, {new} new) B={batch:<2}"
+                  f"{1e3 * seconds:8.1f} ms/call  {throughput:7.2f} chunks/s  {throughput / base:5.2f}×  "
+                  f"{flops / 1e9:7.3f} GFLOP  {flops / seconds / 1e9:6.2f} GFLOP/s  "
+                  f"{100 * flops / seconds / peak:5.1f} % of peak", flush=True)
     return rows
 
 
@@ -211,8 +219,14 @@ def main() -> None:
     flow = load_flow(model_dir)
     flow_rows = bench_flow(flow, peak, args.min_seconds)
     forming = bench_batch_forming(flow, 1.2, args.min_seconds)
-    incremental = bench_incremental(flow, peak, runs=5)
+    incremental = bench_incremental(flow, peak, runs=3)
     llm_rows = bench_llm(load_llm(model_dir), peak, args.min_seconds)
+    # Measured again at the end: on a shared machine either measurement can be the disturbed one.
+    again = matmul_peak(args.matmul_n, args.threads, args.min_seconds)
+    torch.set_num_threads(args.threads)
+    print(f"peak float32 matmul {args.matmul_n}³, {args.threads} thread(s), measured again at the end: "
+          f"{again / 1e9:7.1f} GFLOP/s (the % of peak above use {peak / 1e9:.1f})", flush=True)
+    peaks[f"{args.threads}_end"] = again
     if args.json:
         args.json.write_text(json.dumps({
             "config": {"model_dir": str(model_dir.root), "threads": args.threads, "matmul_n": args.matmul_n,
