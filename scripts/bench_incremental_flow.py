@@ -7,8 +7,8 @@ process summed over the flow calls (no gRPC, no batching). Usage:
     .venv/bin/python scripts/bench_incremental_flow.py [--tokens 750] [--prompt-tokens 50]
     .venv/bin/python scripts/bench_incremental_flow.py --streams 4 --tokens 250
 
---streams N decodes N streams in lockstep the way the flow runner batches them: full re-run as one
-batched call per round, incremental one stream after another, the final round batched in both.
+--streams N decodes N streams in lockstep, one batched call per round as the flow runner does:
+full re-run vs incremental with the streams' windows one by one vs batched together.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.common.modeldir.layout import ModelDir  # noqa: E402
 from services.flow.chunk_decoder import ChunkJob, FlowSession, decode_chunk_batch  # noqa: E402
-from services.flow.incremental import IncrementalFlow  # noqa: E402
+from services.flow.incremental import IncrementalFlow, decode_streams  # noqa: E402
 from services.flow.model.config import REFERENCE_N_TIMESTEPS  # noqa: E402
 from services.flow.model.loader import load_flow  # noqa: E402
 from services.tinymodel.writer import write_tiny_model  # noqa: E402
@@ -67,26 +67,30 @@ def bench_streams(flow: torch.nn.Module, streams: int, n_tokens: int, n_prompt: 
                                     torch.randn(192, generator=generator)))
         token_lists.append(torch.randint(0, 6561, (n_tokens,), generator=generator).tolist())
     calls = schedule(n_tokens, n_prompt)
-    states = [IncrementalFlow(flow, s.prompt_mel, s.embedding, REFERENCE_N_TIMESTEPS) for s in sessions]
+
+    def fresh() -> list[IncrementalFlow]:
+        return [IncrementalFlow(flow, s.prompt_mel, s.embedding, REFERENCE_N_TIMESTEPS) for s in sessions]
+
+    one_by_one, together = fresh(), fresh()
     decode_chunk_batch(flow, [ChunkJob(sessions[0], tuple(token_lists[0][:40]), 0, False)])  # warm-up
-    batched = incremental = final_seconds = 0.0
+    full = sequential = batched = 0.0
     for n, offset, final in calls:
-        jobs = [ChunkJob(s, tuple(t[:n]), offset, final) for s, t in zip(sessions, token_lists)]
-        _, seconds = timed(lambda: decode_chunk_batch(flow, jobs))
-        batched += seconds
-        if final:
-            incremental += seconds
-            final_seconds = seconds
+        if final:  # the same batched full-attention call in every mode
             continue
-        for session, state, tokens in zip(sessions, states, token_lists):
-            ids = torch.cat([session.prompt_tokens, torch.tensor(tokens[:n])])
-            _, seconds = timed(lambda: state.decode(ids, 2 * (n_prompt + offset)))
-            incremental += seconds
-    print(f"{streams} streams x {n_tokens} tokens + {n_prompt}-token prompt, {len(calls)} rounds, 1 thread, CPU seconds")
-    print(f"full re-run, batched per round: {batched:.2f} s (non-final rounds {batched - final_seconds:.2f} s)")
-    print(f"incremental, stream by stream (final round batched): {incremental:.2f} s = "
-          f"{incremental / batched:.2f}x (non-final rounds {incremental - final_seconds:.2f} s = "
-          f"{(incremental - final_seconds) / (batched - final_seconds):.2f}x)")
+        jobs = [ChunkJob(s, tuple(t[:n]), offset, False) for s, t in zip(sessions, token_lists)]
+        full += timed(lambda: decode_chunk_batch(flow, jobs))[1]
+        items = [(state, torch.cat([s.prompt_tokens, torch.tensor(t[:n])]), 2 * (n_prompt + offset), False)
+                 for state, s, t in zip(one_by_one, sessions, token_lists)]
+        sequential += sum(timed(lambda item=item: decode_streams([item]))[1] for item in items)
+        items = [(state, *item[1:]) for state, item in zip(together, items)]
+        batched += timed(lambda: decode_streams(items))[1]
+    jobs = [ChunkJob(s, tuple(t), calls[-1][1], True) for s, t in zip(sessions, token_lists)]
+    final_seconds = timed(lambda: decode_chunk_batch(flow, jobs))[1]
+    print(f"{streams} streams x {n_tokens} tokens + {n_prompt}-token prompt, {len(calls) - 1} non-final rounds "
+          f"+ the final, 1 thread, CPU seconds")
+    print(f"non-final rounds: full re-run batched {full:.2f} s, incremental stream by stream {sequential:.2f} s "
+          f"({sequential / full:.2f}x), incremental batched {batched:.2f} s ({batched / full:.2f}x)")
+    print(f"final round (batched full attention, the same in every mode): {final_seconds:.2f} s")
 
 
 def main() -> None:

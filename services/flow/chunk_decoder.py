@@ -9,7 +9,7 @@ import torch
 
 from services.common.errors import InvalidRequest
 from services.flow.api import VoicePrompt
-from services.flow.incremental import IncrementalFlow
+from services.flow.incremental import IncrementalFlow, decode_streams
 
 MEL_BINS = 80
 SPEAKER_EMBED_DIM = 192
@@ -99,17 +99,22 @@ def decode_chunk_batch(flow: torch.nn.Module, jobs: list[ChunkJob]) -> list[np.n
     return [mel[i, :, job.offset * ratio : int(lengths[i])].numpy().copy() for i, job in enumerate(jobs)]
 
 
-def decode_incremental(flow: torch.nn.Module, job: ChunkJob, state: IncrementalFlow) -> np.ndarray:
-    """A job's mel [80, n] from the stream's caches: for a non-final job the same frames as
-    decode_chunk_batch up to float rounding; a final job keeps the chunk masks (an approximation
-    of the full-attention final, see IncrementalFlow.decode). A failure leaves the caches
-    half-updated, so the stream drops them and its later chunks take the full path."""
+def decode_incremental(flow: torch.nn.Module, jobs: list[ChunkJob], states: list[IncrementalFlow]) -> list[np.ndarray]:
+    """Jobs of different streams from their caches (states[i] is jobs[i]'s), the ODE windows as
+    one batch: for non-final jobs the same frames as decode_chunk_batch up to float rounding; a
+    final job keeps the chunk masks (an approximation of the full-attention final, see
+    IncrementalFlow.decode). A failure leaves the caches half-updated, so those streams drop
+    them and their later chunks take the full path."""
     ratio = int(flow.token_mel_ratio)
-    prompt = job.session.prompt_tokens
-    tokens = torch.cat([prompt, torch.tensor(job.tokens, dtype=torch.long)])
+    items = []
+    for job, state in zip(jobs, states):
+        prompt = job.session.prompt_tokens
+        tokens = torch.cat([prompt, torch.tensor(job.tokens, dtype=torch.long)])
+        items.append((state, tokens, (prompt.numel() + job.offset) * ratio, job.finalize))
     try:
-        return state.decode(tokens, (prompt.numel() + job.offset) * ratio, chunked_final=job.finalize)
+        return decode_streams(items)
     except BaseException:
-        if job.session.incremental is state:
-            job.session.incremental = None
+        for job, state in zip(jobs, states):
+            if job.session.incremental is state:
+                job.session.incremental = None
         raise

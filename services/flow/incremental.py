@@ -16,6 +16,8 @@ reference frees it (an in-flight call keeps its own reference until it returns).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -54,7 +56,11 @@ class IncrementalFlow:
         caches = [self.token_cache, self.frame_cache, *self.step_caches]
         return sum(c.nbytes() for c in caches) + self.mu.numel() * self.mu.element_size()
 
-    @torch.inference_mode()
+    def window_frames(self, n_tokens: int, chunked_final: bool = False) -> int:
+        """How many frames the ODE window of a call over n_tokens would cover (batch grouping)."""
+        main = n_tokens - (0 if chunked_final else self.lookahead)
+        return max(main * self.stride - self.frame_start, 0)
+
     def decode(self, tokens: torch.Tensor, emit_from: int, chunked_final: bool = False) -> np.ndarray:
         """tokens: (n,) int64, prompt tokens then every generated token so far, the last
         `lookahead` of them withheld as look-ahead. Returns the mel [80, T - emit_from] of the
@@ -64,24 +70,23 @@ class IncrementalFlow:
         chunked_final: the last call of the stream, still with chunk masks (zeros as look-ahead,
         T = stride·n). Upstream's final call uses full attention instead, which changes every
         frame; this approximation is measured in docs/incremental-flow.md."""
+        return decode_streams([(self, tokens, emit_from, chunked_final)])[0]
+
+    def _prepare(self, tokens: torch.Tensor, emit_from: int, chunked_final: bool) -> _Window:
+        """Runs the encoder over this call's token window; returns the ODE's window inputs."""
         main = tokens.numel() - (0 if chunked_final else self.lookahead)
         frames = main * self.stride
         if main < 1 or not self.frame_start <= emit_from <= frames:
             raise ValueError(f"incremental flow: {tokens.numel()} tokens, emit_from {emit_from}, "
                              f"cached frames {self.frame_start}")
         mu = self._encode(tokens.to(self.device), main)  # (1, 80, frames)
-
         start = self.frame_start
-        stable = frames // self.estimator_chunk * self.estimator_chunk
-        cond = torch.zeros(1, mu.size(1), frames - start, device=self.device, dtype=self.dtype)
+        cond = torch.zeros(mu.size(1), frames - start, device=self.device, dtype=self.dtype)
         prompt_end = min(self.prompt_mel.size(2), frames)
         if prompt_end > start:
-            cond[:, :, : prompt_end - start] = self.prompt_mel[:, :, start:prompt_end]
-        mel = self.flow.decoder.forward_window(
-            mu[:, :, start:], self.spks, cond, start, self.step_caches, stable - start
-        )
-        self.frame_start = stable
-        return mel[0, :, emit_from - start :].cpu().numpy().copy()
+            cond[:, : prompt_end - start] = self.prompt_mel[0, :, start:prompt_end]
+        stable = frames // self.estimator_chunk * self.estimator_chunk
+        return _Window(mu[0, :, start:], cond, start, stable, emit_from)
 
     def _encode(self, tokens: torch.Tensor, main: int) -> torch.Tensor:
         """mu (1, 80, stride·main) of the encoder: cached frames, then the window's."""
@@ -96,3 +101,30 @@ class IncrementalFlow:
         self.mu = mu[:, :, : stable * self.stride]
         self.token_start = stable
         return mu
+
+
+@dataclass(frozen=True)
+class _Window:
+    mu: torch.Tensor  # (80, W): frames [start, start + W)
+    cond: torch.Tensor  # (80, W): the prompt mel over the window, zeros past it
+    start: int  # first frame of the window: the estimator caches hold everything before
+    stable: int  # frames in complete chunks after this call
+    emit_from: int
+
+
+@torch.inference_mode()
+def decode_streams(items: list[tuple[IncrementalFlow, torch.Tensor, int, bool]]) -> list[np.ndarray]:
+    """Chunks of several streams (state, tokens, emit_from, chunked_final; one item per stream):
+    each stream's encoder window alone (their relative positions start at different offsets),
+    then their ODE windows as one batch. On failure every state in `items` is half-updated."""
+    windows = [state._prepare(tokens, emit_from, final) for state, tokens, emit_from, final in items]
+    states = [item[0] for item in items]
+    mels = states[0].flow.decoder.forward_windows(
+        [w.mu for w in windows], [s.spks[0] for s in states], [w.cond for w in windows], [w.start for w in windows],
+        [s.step_caches for s in states], [w.stable - w.start for w in windows],
+    )
+    out = []
+    for state, window, mel in zip(states, windows, mels):
+        state.frame_start = window.stable
+        out.append(mel[:, window.emit_from - window.start :].cpu().numpy().copy())
+    return out

@@ -157,16 +157,24 @@ class FlowRunner:
 
     def _run_batch(self, jobs: list[ChunkJob]) -> list[np.ndarray]:
         results: list[np.ndarray] = [np.empty(0)] * len(jobs)
-        full = []
+        full, incremental = [], []
         for index, job in enumerate(jobs):
             state = job.session.incremental
             if state is not None and (not job.finalize or self.chunked_final):
-                # One stream at a time: windows and cached lengths differ per stream.
-                results[index] = decode_incremental(self.flow, job, state)
-                if job.session.incremental is state and self.incremental_bytes() > self.incremental_cache_bytes:
-                    job.session.incremental = None  # over the budget: this stream re-runs its prefix from now
+                incremental.append((index, state))
             else:
                 full.append(index)
+        # Windows padded to the widest in a group: group them like the full path's lengths.
+        widths = [state.window_frames(jobs[i].session.prompt_tokens.numel() + len(jobs[i].tokens),
+                                      jobs[i].finalize) for i, state in incremental]
+        for group in length_buckets(widths, self.max_padding_ratio):
+            members = [incremental[g] for g in group]
+            mels = decode_incremental(self.flow, [jobs[i] for i, _ in members], [state for _, state in members])
+            for (index, state), mel in zip(members, mels):
+                results[index] = mel
+        for index, state in incremental:
+            if jobs[index].session.incremental is state and self.incremental_bytes() > self.incremental_cache_bytes:
+                jobs[index].session.incremental = None  # over the budget: this stream re-runs its prefix from now
         # Each of these re-decodes prompt + all its tokens, so lengths in one batch differ a lot.
         lengths = [jobs[i].session.prompt_tokens.numel() + len(jobs[i].tokens) for i in full]
         for group in length_buckets(lengths, self.max_padding_ratio):

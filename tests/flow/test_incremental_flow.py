@@ -270,7 +270,7 @@ def test_window_cache_keeps_complete_frames_and_counts_its_bytes():
     assert cache.nbytes() == 0
 
 
-async def test_a_failed_incremental_chunk_drops_the_caches_and_the_stream_goes_on_exactly(our_flow):
+async def test_a_failed_incremental_chunk_drops_the_caches_and_the_stream_goes_on_exactly(our_flow, monkeypatch):
     request = make_request(200, 7, seed=74)
     pieces = _hops(200, 7, None)  # 46, 50, 100 tokens, then the final 4
     runner, off = _runner(our_flow, True), _runner(our_flow, False)
@@ -285,7 +285,7 @@ async def test_a_failed_incremental_chunk_drops_the_caches_and_the_stream_goes_o
         def broken(*args, **kwargs):  # noqa: ANN002, ANN003
             raise RuntimeError("out of memory")
 
-        session.incremental.decode = broken
+        monkeypatch.setattr(our_flow.decoder, "forward_windows", broken)  # after the encoder committed
         with pytest.raises(RuntimeError, match="out of memory"):
             await runner.decode(session, [tokens[i] for i in pieces[1][0]], False)
         assert session.incremental is None
@@ -302,3 +302,30 @@ async def test_a_failed_incremental_chunk_drops_the_caches_and_the_stream_goes_o
     resumed = decode_chunk_batch(our_flow, [ChunkJob(session, tuple(tokens[:end]), len(pieces[0][0]) - 3, False)])[0]
     assert rest[0].shape == resumed.shape and np.abs(rest[0] - resumed).max() <= MEL_TOLERANCE
     assert len(rest) == 2 and rest[1].shape == full[3].shape and np.abs(rest[1] - full[3]).max() <= MEL_TOLERANCE
+
+
+def test_windows_of_several_streams_batch_into_one_ode_call_unchanged(our_flow):
+    """decode_streams pads windows of different widths and cached keys of different lengths into
+    one batch; each stream must get its own full re-run's frames, and its caches must stay right
+    for the next call."""
+    from services.flow.incremental import decode_streams
+
+    setups = [(150, 0, 61), (150, 7, 62), (150, 31, 63)]
+    streams = []
+    for n_tokens, n_prompt, seed in setups:
+        request = make_request(n_tokens, n_prompt, seed=seed)
+        session = FlowSession(request.prompt_token[0].long(), request.prompt_feat[0], request.embedding[0])
+        state = IncrementalFlow(our_flow, session.prompt_mel, session.embedding, REFERENCE_N_TIMESTEPS)
+        streams.append((session, state, request.token[0].tolist()))
+    # Different points in each stream: (token end, emitted offset) per call round.
+    rounds = [[(28, 0), (40, 0), (15, 0)], [(103, 25), (41, 37), (90, 12)], [(140, 100), (120, 38), (91, 87)]]
+    for calls in rounds:
+        items, expected = [], []
+        for (session, state, tokens), (end, offset) in zip(streams, calls):
+            job = ChunkJob(session, tuple(tokens[:end]), offset, False)
+            expected.append(decode_chunk_batch(our_flow, [job])[0])
+            prompt = session.prompt_tokens
+            items.append((state, torch.cat([prompt, torch.tensor(tokens[:end])]), 2 * (prompt.numel() + offset), False))
+        for got, want in zip(decode_streams(items), expected):
+            assert got.shape == want.shape and np.abs(got - want).max() <= MEL_TOLERANCE
+    assert len({state.frame_start for _, state, _ in streams}) > 1  # the batch mixed cached lengths

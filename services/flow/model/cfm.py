@@ -9,12 +9,13 @@ prefix) consistent.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from services.flow.model.config import REFERENCE_N_TIMESTEPS, REFERENCE_NOISE_SHAPE
 from services.flow.model.estimator import CausalConditionalDecoder
-from services.flow.model.masks import FlowInputError, batch_flags, window_attention_mask
-from services.flow.model.window_cache import WindowCache
+from services.flow.model.masks import FlowInputError, batch_flags, stacked_window_mask
+from services.flow.model.window_cache import StackedWindowCaches, WindowCache
 
 NOISE_SEED = 0
 
@@ -118,32 +119,57 @@ class CausalConditionalCFM(nn.Module):
         """One stream's streaming frames [start, start + W): mu, cond (1, 80, W); spks (1, 80);
         `start` on a chunk boundary, `caches[k]` holding step k's state of the frames before it.
         Same steps as forward; afterwards each cache keeps the window's first `keep` frames."""
-        frames = start + mu.size(2)
-        if frames > self.max_frames:
-            raise FlowInputError(
-                f"mu: {frames} frames exceed the fixed noise's {self.max_frames} (300 s at 50 Hz)"
-            )
-        if len(caches) != n_timesteps:
-            raise FlowInputError(f"caches: {len(caches)} given for {n_timesteps} steps")
-        dtype, device = mu.dtype, mu.device
-        x = self.rand_noise[:, :, start:frames].to(device, dtype)
-        t_span = time_grid(n_timesteps, self.t_scheduler, device, dtype)
-        mask_in = torch.ones(2, 1, mu.size(2), device=device, dtype=dtype)
+        return self.forward_windows([mu[0]], [spks[0]], [cond[0]], [start], [caches], [keep], n_timesteps)[0][None]
+
+    @torch.inference_mode()
+    def forward_windows(
+        self,
+        mus: list[torch.Tensor],
+        spks: list[torch.Tensor],
+        conds: list[torch.Tensor],
+        starts: list[int],
+        caches: list[list[WindowCache]],
+        keeps: list[int],
+        n_timesteps: int = REFERENCE_N_TIMESTEPS,
+    ) -> list[torch.Tensor]:
+        """forward_window for several streams as one batch: per stream mu, cond (80, W_i),
+        spks (80,), its window start, its per-step caches and how many window frames to keep.
+        Windows are right-padded to the widest and cached keys to the longest; masks hide both,
+        and causal convs never carry the padding left. Returns each stream's (80, W_i) float32."""
+        widths = [mu.size(1) for mu in mus]
+        if max(start + width for start, width in zip(starts, widths)) > self.max_frames:
+            raise FlowInputError(f"mu: windows reach past the fixed noise's {self.max_frames} frames (300 s at 50 Hz)")
+        if any(len(per_step) != n_timesteps for per_step in caches):
+            raise FlowInputError(f"caches: one per step needed, {n_timesteps} steps")
+        batch, width = len(mus), max(widths)
+        dtype, device = mus[0].dtype, mus[0].device
+
+        def padded(parts: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack([F.pad(p, (0, width - p.size(1))) for p in parts])
+
+        noise = self.rand_noise[0].to(device, dtype)
+        x = padded([noise[:, start : start + w] for start, w in zip(starts, widths)])
+        mu, cond = padded(mus), padded(conds)
+        valid = (torch.arange(width, device=device).view(1, 1, -1) < torch.tensor(widths, device=device).view(-1, 1, 1))
+        mask_in = torch.cat([valid, valid]).to(dtype)
         mu_in = torch.cat([mu, torch.zeros_like(mu)])
-        spks_in = torch.cat([spks, torch.zeros_like(spks)]).to(dtype)
+        spks_in = torch.cat([torch.stack(spks), torch.zeros(batch, spks[0].numel(), device=device, dtype=dtype)]).to(dtype)
         cond_in = torch.cat([cond, torch.zeros_like(cond)]).to(dtype)
-        attn_mask = window_attention_mask(start, frames, self.estimator.config.static_chunk_size, device)
+        attn_mask = stacked_window_mask(starts, widths, self.estimator.config.static_chunk_size, device).repeat(2, 1, 1, 1)
+        t_span = time_grid(n_timesteps, self.t_scheduler, device, dtype)
 
         rate = self.inference_cfg_rate
         t, dt = t_span[0], t_span[1] - t_span[0]  # accumulated as in forward
         for step in range(1, len(t_span)):
             time_emb = self.estimator.time_embedding(t.reshape(1), dtype)
+            step_caches = StackedWindowCaches([per_step[step - 1] for per_step in caches], widths)
             velocity = self.estimator.velocity(torch.cat([x, x]), mask_in, mu_in, time_emb, spks_in, cond_in,
-                                               attn_mask, caches[step - 1])
-            x = x + dt * ((1.0 + rate) * velocity[:1] - rate * velocity[1:])
+                                               attn_mask, step_caches)
+            x = x + dt * ((1.0 + rate) * velocity[:batch] - rate * velocity[batch:])
             t = t + dt
             if step < len(t_span) - 1:
                 dt = t_span[step + 1] - t
-        for cache in caches:
-            cache.commit(keep)
-        return x.float()
+        for per_step, keep in zip(caches, keeps):
+            for cache in per_step:
+                cache.commit(keep)
+        return [x[i, :, :w].float() for i, w in enumerate(widths)]

@@ -68,3 +68,21 @@ def window_attention_mask(start: int, length: int, chunk_size: int, device: torc
     rows = torch.arange(start, length, device=device)
     chunk_end = (torch.div(rows, chunk_size, rounding_mode="floor") + 1) * chunk_size
     return (torch.arange(length, device=device).unsqueeze(0) < chunk_end.unsqueeze(1)).view(1, 1, -1, length)
+
+
+def stacked_window_mask(starts: list[int], widths: list[int], chunk_size: int,
+                        device: torch.device | None = None) -> torch.Tensor:
+    """(B, 1, W, P + W) bool: stream i's window queries (absolute starts[i] + r, r < W, padded
+    to the widest W) over its cached keys (the first starts[i] of P = max(starts), the rest
+    padding) and the padded window's keys, chunked like `chunk_mask`. Padding rows still see
+    their stream's first window key, so no softmax row is empty."""
+    start = torch.tensor(starts, device=device).view(-1, 1)
+    width = torch.tensor(widths, device=device).view(-1, 1)
+    longest_past, longest = max(starts), max(widths)
+    offsets = torch.arange(longest, device=device).view(1, -1)
+    rows = start + offsets  # (B, W) absolute query positions
+    chunk_end = (torch.div(rows, chunk_size, rounding_mode="floor") + 1) * chunk_size
+    past = (torch.arange(longest_past, device=device).view(1, 1, -1) < start.unsqueeze(2))
+    window = (rows.unsqueeze(1) < chunk_end.unsqueeze(2)) & (offsets.unsqueeze(1) < width.unsqueeze(2))
+    past = past.expand(-1, longest, -1)
+    return torch.cat([past, window], dim=2).unsqueeze(1)

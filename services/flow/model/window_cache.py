@@ -27,16 +27,23 @@ class WindowCache:
         past = self._past.get(module)
         left = past[0] if past is not None else x.new_zeros(x.size(0), x.size(1), context)
         full = torch.cat([left, x], dim=2)
-        self._staged[module] = ("conv", (full,), context)
+        self.stage(module, "conv", (full,), context)
         return full
 
     def keys_values(self, module: nn.Module, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The window's k, v (B, H, W, d) behind the cached ones: (B, H, P + W, d)."""
-        self._staged[module] = ("kv", (k, v), 0)
+        self.stage(module, "kv", (k, v), 0)
         past = self._past.get(module)
         if past is None:
             return k, v
         return torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+
+    def past(self, module: nn.Module) -> tuple[torch.Tensor, ...] | None:
+        return self._past.get(module)
+
+    def stage(self, module: nn.Module, kind: str, tensors: tuple[torch.Tensor, ...], context: int) -> None:
+        """This pass's inputs (conv: context + window) or keys/values (kv: window) of `module`."""
+        self._staged[module] = (kind, tensors, context)
 
     def commit(self, keep: int) -> None:
         """Keep the state of the window's first `keep` frames; forget the rest of this pass."""
@@ -67,3 +74,47 @@ class WindowCache:
 
 def _nbytes(tensors: tuple[torch.Tensor, ...]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class StackedWindowCaches:
+    """The caches of several streams (one ODE step each) for one batched estimator pass.
+
+    Rows are the CFG layout [conditioned rows of streams 0..B-1, unconditioned rows of streams
+    0..B-1], each stream's WindowCache holding its two rows. Stream i's window is the first
+    widths[i] frames of the padded window; its cached keys are padded with zeros to the longest
+    (the caller's attention mask hides them).
+    """
+
+    def __init__(self, caches: list[WindowCache], widths: list[int]) -> None:
+        self.caches = caches
+        self.widths = widths
+
+    def _rows(self, index: int) -> list[int]:
+        return [index, len(self.caches) + index]
+
+    def _stack(self, parts: list[torch.Tensor]) -> torch.Tensor:  # per stream (2, ...) -> (2B, ...)
+        return torch.cat([p[:1] for p in parts] + [p[1:] for p in parts])
+
+    def conv_input(self, module: nn.Module, x: torch.Tensor, context: int) -> torch.Tensor:
+        lefts = []
+        for cache in self.caches:
+            past = cache.past(module)
+            lefts.append(past[0] if past is not None else x.new_zeros(2, x.size(1), context))
+        full = torch.cat([self._stack(lefts), x], dim=2)
+        for index, (cache, width) in enumerate(zip(self.caches, self.widths)):
+            cache.stage(module, "conv", (full[self._rows(index), :, : context + width],), context)
+        return full
+
+    def keys_values(self, module: nn.Module, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pasts = [cache.past(module) for cache in self.caches]
+        longest = max((p[0].size(2) for p in pasts if p is not None), default=0)
+        padded_k, padded_v = [], []
+        for index, (cache, width, past) in enumerate(zip(self.caches, self.widths, pasts)):
+            rows = self._rows(index)
+            cache.stage(module, "kv", (k[rows, :, :width], v[rows, :, :width]), 0)
+            shape = (2, k.size(1), longest, k.size(3))
+            pk = k.new_zeros(shape) if past is None else torch.nn.functional.pad(past[0], (0, 0, 0, longest - past[0].size(2)))
+            pv = v.new_zeros(shape) if past is None else torch.nn.functional.pad(past[1], (0, 0, 0, longest - past[1].size(2)))
+            padded_k.append(pk)
+            padded_v.append(pv)
+        return torch.cat([self._stack(padded_k), k], dim=2), torch.cat([self._stack(padded_v), v], dim=2)
