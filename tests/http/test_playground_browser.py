@@ -394,3 +394,15 @@ def test_playground_on_a_live_stack(browser, tiny_model_dir, tmp_path):
         assert SCREENSHOT.stat().st_size < 300_000
     finally:
         tab.context.close()
+
+
+def test_every_control_is_labelled_and_the_page_fits_1280_wide(tab, stand_in):
+    tab.open(stand_in)
+    unlabelled = tab.page.evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea, button')]
+             .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                             && !(el.tagName === 'BUTTON' && el.textContent.trim()))
+             .map((el) => el.id || el.outerHTML)"""
+    )
+    assert unlabelled == []
+    assert tab.page.evaluate("document.documentElement.scrollWidth") <= 1280  # no sideways scrolling
