@@ -96,6 +96,8 @@ class StackedWindowCaches:
         return torch.cat([p[:1] for p in parts] + [p[1:] for p in parts])
 
     def conv_input(self, module: nn.Module, x: torch.Tensor, context: int) -> torch.Tensor:
+        if len(self.caches) == 1 and self.widths[0] == x.size(2):  # nothing to pad: no extra copies
+            return self.caches[0].conv_input(module, x, context)
         lefts = []
         for cache in self.caches:
             past = cache.past(module)
@@ -106,6 +108,8 @@ class StackedWindowCaches:
         return full
 
     def keys_values(self, module: nn.Module, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(self.caches) == 1 and self.widths[0] == k.size(2):
+            return self.caches[0].keys_values(module, k, v)
         pasts = [cache.past(module) for cache in self.caches]
         longest = max((p[0].size(2) for p in pasts if p is not None), default=0)
         padded_k, padded_v = [], []
