@@ -337,12 +337,11 @@ def cosyvoice_up(model_dir: Path, log: Path) -> Iterator[str]:
 
 
 @pytest.mark.slow  # 65-140 s on the loaded 2-core box, most of it up starting and stopping six processes
-def test_playground_on_a_live_stack(browser, tiny_model_dir, tmp_path):
+def test_playground_on_a_live_stack(tab, tiny_model_dir, tmp_path):
     """Types, picks the preset voice, synthesises through /v1/audio/speech and hears it; then
     registers the tiny model's prompt recording as a voice from the file input and speaks
     with it; registering it again shows the 409; deletes it; then the inline prompt through the
     native /v1/tts/zero_shot. Saves the screenshot."""
-    tab = Tab(browser)
     page = tab.page
 
     def heard(endpoint: str) -> None:
@@ -355,45 +354,42 @@ def test_playground_on_a_live_stack(browser, tiny_model_dir, tmp_path):
         assert float(tab.stat("context-time")) >= float(tab.stat("played-seconds"))
         assert float(tab.stat("ttfa-ms")) > 0 and float(tab.stat("rtf")) > 0
 
-    try:
-        with cosyvoice_up(tiny_model_dir, tmp_path / "up.log") as base:
-            tab.open(base)
-            page.wait_for_function("document.getElementById('server').dataset.state === 'done'", timeout=WAIT_MS)
+    with cosyvoice_up(tiny_model_dir, tmp_path / "up.log") as base:
+        tab.open(base)
+        page.wait_for_function("document.getElementById('server').dataset.state === 'done'", timeout=WAIT_MS)
 
-            page.fill("#text", "Hi there.")  # random weights: noise for as long as the text allows
-            page.select_option("#mode", "sft")
-            page.select_option("#voice", "default")
-            heard("v1/audio/speech")
+        page.fill("#text", "Hi there.")  # random weights: noise for as long as the text allows
+        page.select_option("#mode", "sft")
+        page.select_option("#voice", "default")
+        heard("v1/audio/speech")
 
-            page.set_input_files("#prompt-file", str(tiny_model_dir / "prompt_sample.wav"))
-            page.fill("#prompt-text", (tiny_model_dir / "prompt_sample.txt").read_text().strip())
-            page.fill("#voice-name", "browser-voice")
-            page.click("#register")
-            page.wait_for_function("document.getElementById('stats').dataset.registered === 'browser-voice'",
-                                   timeout=WAIT_MS)
-            assert page.input_value("#mode") == "zero_shot" and page.input_value("#voice") == "browser-voice"
-            heard("v1/audio/speech")
+        page.set_input_files("#prompt-file", str(tiny_model_dir / "prompt_sample.wav"))
+        page.fill("#prompt-text", (tiny_model_dir / "prompt_sample.txt").read_text().strip())
+        page.fill("#voice-name", "browser-voice")
+        page.click("#register")
+        page.wait_for_function("document.getElementById('stats').dataset.registered === 'browser-voice'",
+                               timeout=WAIT_MS)
+        assert page.input_value("#mode") == "zero_shot" and page.input_value("#voice") == "browser-voice"
+        heard("v1/audio/speech")
 
-            page.click("#register")  # the same name again: the server's JSON error, shown as it is
-            page.wait_for_selector("#error:not([hidden])", timeout=WAIT_MS)
-            assert page.inner_text("#error").startswith("409 already_exists: ")
-            assert "browser-voice" in page.inner_text("#error")
-            assert [e for e in tab.errors if "409" not in e] == []  # only the browser's own line for the 409
-            tab.errors.clear()
+        page.click("#register")  # the same name again: the server's JSON error, shown as it is
+        page.wait_for_selector("#error:not([hidden])", timeout=WAIT_MS)
+        assert page.inner_text("#error").startswith("409 already_exists: ")
+        assert "browser-voice" in page.inner_text("#error")
+        assert [e for e in tab.errors if "409" not in e] == []  # only the browser's own line for the 409
+        tab.errors.clear()
 
-            page.once("dialog", lambda dialog: dialog.accept())  # "Delete the voice …?"
-            page.click("#delete-voice")
-            page.wait_for_function(
-                "![...document.getElementById('voice').options].some((o) => o.value === 'browser-voice')",
-                timeout=WAIT_MS)
-            assert page.input_value("#voice") == "__prompt__"  # all that is left in zero-shot
-            heard("v1/tts/zero_shot")
-            assert tab.errors == []
-            page.click("#request-details summary")  # the request and its curl, in the picture too
-            page.screenshot(path=str(SCREENSHOT))
-        assert SCREENSHOT.stat().st_size < 300_000
-    finally:
-        tab.context.close()
+        page.once("dialog", lambda dialog: dialog.accept())  # "Delete the voice …?"
+        page.click("#delete-voice")
+        page.wait_for_function(
+            "![...document.getElementById('voice').options].some((o) => o.value === 'browser-voice')",
+            timeout=WAIT_MS)
+        assert page.input_value("#voice") == "__prompt__"  # all that is left in zero-shot
+        heard("v1/tts/zero_shot")
+        assert tab.errors == []
+        page.click("#request-details summary")  # the request and its curl, in the picture too
+        page.screenshot(path=str(SCREENSHOT))
+    assert SCREENSHOT.stat().st_size < 300_000
 
 
 def test_every_control_is_labelled_and_the_page_fits_1280_wide(tab, stand_in):
