@@ -25,3 +25,11 @@ def test_serve_http_refuses_a_bad_setting_in_one_line(tmp_path):
         "cosyvoice serve http: --gateway-tls-ca / COSYVOICE_HTTP_GATEWAY_TLS_CA: cannot read")
     bad_gateway = _serve_http("--gateway-addr", "nowhere")
     assert "--gateway-addr / COSYVOICE_HTTP_GATEWAY_ADDR must be host:port (got 'nowhere')" in bad_gateway.stderr
+
+
+def test_the_front_imports_no_torch():
+    probe = ("import sys; import services.http.server, services.http.app; "
+             "print(sorted(m for m in ('torch', 'torchaudio', 'onnxruntime') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
