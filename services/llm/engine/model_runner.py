@@ -9,9 +9,9 @@ import torch
 from services.llm.engine.config import EngineConfig
 from services.llm.engine.decode_graphs import DecodeGraphs
 from services.llm.engine.sequence import Sequence
+from services.llm.model.batched_sampling import SampleRow, sample_batch
 from services.llm.model.cosyvoice2_lm import CosyVoice2LM
 from services.llm.model.kv_cache import long_tensor
-from services.llm.model.batched_sampling import SampleRow, sample_batch
 from services.llm.model.sampling import new_generator
 
 
