@@ -52,6 +52,14 @@ def start_metrics(config: HttpConfig, registry) -> tuple[object | None, str]:  #
     return server, f"{config.metrics_bind_host}:{server.server_port}"
 
 
+class _CutStreamIsLoggedOnce(logging.Filter):
+    """A stream the gateway broke after its 200 is logged once, as a WARNING by the front's
+    middleware; uvicorn's own ERROR for the same cut response would say it a second time."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("ASGI callable returned without completing response")
+
+
 def uvicorn_config(app: object, config: HttpConfig) -> uvicorn.Config:
     return uvicorn.Config(
         app, log_config=None, access_log=False, timeout_graceful_shutdown=config.grace_seconds,
@@ -62,6 +70,7 @@ def uvicorn_config(app: object, config: HttpConfig) -> uvicorn.Config:
 def main(argv: Sequence[str] | None = None) -> None:
     config = load_config(HttpConfig, argv)
     configure_logging(config.log_level, config.log_json, process="http")
+    logging.getLogger("uvicorn.error").addFilter(_CutStreamIsLoggedOnce())
     registry = make_registry()
     app = create_app(config, registry)
     metrics_server, metrics_address = start_metrics(config, registry)
