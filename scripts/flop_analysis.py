@@ -191,12 +191,26 @@ def bench_llm(model: torch.nn.Module, min_seconds: float) -> list[dict]:
     return rows
 
 
+def profile_flow(flow: torch.nn.Module, length: int, batch: int, rows: int = 12) -> str:
+    """torch.profiler's top operators by self CPU time for one batched flow call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    jobs = flow_jobs(flow, length, batch)
+    decode_chunk_batch(flow, jobs)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        decode_chunk_batch(flow, jobs)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    print(f"\nflow {length} tokens B={batch}: top operators by self CPU time\n{table}", flush=True)
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, help="model directory (default: the tiny model, written if missing)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the flow and LLM (the stages' 1)")
     parser.add_argument("--matmul-n", type=int, default=1024)
     parser.add_argument("--min-seconds", type=float, default=1.0, help="timing per measurement")
+    parser.add_argument("--profile", action="store_true", help="also print the flow's top operators (78 tokens, B=1 and 8)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     from services.cli.up import ensure_model_dir
@@ -220,6 +234,7 @@ def main() -> None:
     measure_peaks()
     forming = bench_batch_forming(flow, 1.2, args.min_seconds)
     incremental = bench_incremental(flow, runs=3)
+    profiles = {f"78x{b}": profile_flow(flow, 78, b) for b in (1, 8)} if args.profile else {}
     measure_peaks()
     llm_rows = bench_llm(load_llm(model_dir), args.min_seconds)
     measure_peaks()
@@ -243,7 +258,7 @@ def main() -> None:
             "peak_gflop_per_s": {str(t): [v / 1e9 for v in values] for t, values in peaks.items()},
             "peak_used_gflop_per_s": peak / 1e9,
             "flow": flow_rows, "flow_batch_forming_ms": forming,
-            "flow_incremental": incremental, "llm_forward": llm_rows,
+            "flow_incremental": incremental, "llm_forward": llm_rows, "flow_profiles": profiles,
             "load_average_after": os.getloadavg(),
         }, indent=2) + "\n")
         print(f"wrote {args.json}")

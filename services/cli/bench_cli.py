@@ -157,9 +157,10 @@ def run_variant(args: argparse.Namespace, stages: bool, model_dir: Path | None, 
             assert model_dir is not None
             children = _start(model_dir, args)
             addresses = {c.name: c.address for c in children}
+            metrics = {c.name: f"http://{c.metrics_address}/metrics" for c in children if c.metrics_address}
             policy = bench.gateway_config().chunk_policy
             results = asyncio.run(run_stages(addresses, args.concurrency, texts, policy, args.seed, args.requests,
-                                             args.timeout, _log))
+                                             args.timeout, _log, metrics))
             return {"stages": results}
         run_split = args.only in (None, "split")
         run_monolith = args.only in (None, "monolith")

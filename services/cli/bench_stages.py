@@ -29,6 +29,12 @@ from typing import Any, Awaitable, Callable, Sequence
 from services.cli.bench_report import percentile
 
 STAGE_UNITS = {"llm": "tokens/s", "flow": "mel frames/s", "vocoder": "audio-s/s"}
+# Each stage's batch histograms (docs/metrics.md): items per compute call, and its wall time.
+BATCH_METRICS = {
+    "llm": ("cosyvoice_llm_step_batch_size", "cosyvoice_llm_step_duration_seconds"),
+    "flow": ("cosyvoice_flow_batch_size", "cosyvoice_flow_batch_duration_seconds"),
+    "vocoder": ("cosyvoice_vocoder_batch_size", "cosyvoice_vocoder_batch_duration_seconds"),
+}
 MEL_FRAMES_PER_SECOND = 50  # CosyVoice 2: 24 kHz audio, 480 samples a frame
 
 
@@ -50,6 +56,8 @@ class StageLevel:
     throughput: float  # units per wall second, all streams together
     first_output_p50: float
     ratio: float = math.nan  # throughput / the first level's
+    mean_batch: float = math.nan  # items per compute call (LLM: sequences per step), from /metrics
+    busy: float = math.nan  # the compute thread's busy time / the level's wall time
     first_errors: list[str] = field(default_factory=list)
 
 
@@ -89,6 +97,26 @@ def summarize_stage(stage: str, concurrency: int, outcomes: Sequence[Outcome], w
         percentile([o.first_output for o in done if not math.isnan(o.first_output)], 50),
         first_errors=errors[:3],
     )
+
+
+def scrape_batches(url: str, stage: str) -> tuple[float, float, float]:
+    """(calls, items, compute seconds) so far, from the stage's /metrics; nan if unreachable."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    size, duration = BATCH_METRICS[stage]
+    values = {}
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return math.nan, math.nan, math.nan
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    return (values.get(f"{size}_count", math.nan), values.get(f"{size}_sum", math.nan),
+            values.get(f"{duration}_sum", math.nan))
 
 
 def add_ratios(levels: list[StageLevel]) -> list[StageLevel]:
@@ -191,9 +219,12 @@ async def run_stages(
     requests: int | None = None,
     timeout: float | None = None,
     log: Callable[[str], None] | None = None,
+    metrics: dict[str, str] | None = None,
 ) -> dict[str, list[StageLevel]]:
     """Every level of the llm, then the flow on the recorded tokens, then the vocoder on the
-    recorded mel; returns each stage's levels with ratios to its first level."""
+    recorded mel; returns each stage's levels with ratios to its first level. With `metrics`
+    (stage → its /metrics URL) each level also gets the mean batch size and how busy the
+    stage's compute thread was."""
     clients = StageClients(addresses)
     inputs: dict[str, list[Any]] = {"llm": list(texts)}
     calls: dict[str, Callable[[int], Awaitable[Outcome]]] = {
@@ -216,9 +247,17 @@ async def run_stages(
             warm = len(inputs[stage])
             await closed_loop(call, warm, warm, timeout)
             levels = []
+            url = (metrics or {}).get(stage)
             for concurrency in concurrencies:
+                before = scrape_batches(url, stage) if url else None
                 outcomes, wall = await closed_loop(call, requests_for(concurrency, requests), concurrency, timeout)
-                levels.append(summarize_stage(stage, concurrency, outcomes, wall))
+                level = summarize_stage(stage, concurrency, outcomes, wall)
+                if before is not None:
+                    after = scrape_batches(url, stage)
+                    calls, items, busy = (a - b for a, b in zip(after, before))
+                    level.mean_batch = items / calls if calls else math.nan
+                    level.busy = busy / wall if wall > 0 else math.nan
+                levels.append(level)
                 if log:
                     log(f"  {stage:<8} C={concurrency:<3} {len(outcomes)} requests in {wall:.1f} s")
             results[stage] = add_ratios(levels)
@@ -233,12 +272,13 @@ def _fmt(value: float, spec: str) -> str:
 
 def format_stage_table(results: dict[str, list[StageLevel]]) -> str:
     header = (f"{'stage':<8}{'C':>4}{'req':>5}{'err':>4}  {'throughput':>11}  {'unit':<13}{'× 1st':>7}"
-              f"  {'first out p50':>13}")
+              f"  {'first out p50':>13}  {'batch':>5}  {'busy':>5}")
     lines = [header, "-" * len(header)]
     for stage, levels in results.items():
         for s in levels:
             lines.append(f"{stage:<8}{s.concurrency:>4}{s.requests:>5}{s.errors:>4}  {_fmt(s.throughput, '.1f'):>11}  "
                          f"{STAGE_UNITS[stage]:<13}{_fmt(s.ratio, '.2f') + '×':>7}  "
-                         f"{_fmt(s.first_output_p50 * 1000, '.1f') + ' ms':>13}")
+                         f"{_fmt(s.first_output_p50 * 1000, '.1f') + ' ms':>13}  {_fmt(s.mean_batch, '.1f'):>5}  "
+                         f"{_fmt(100 * s.busy, '.0f') + ' %':>5}")
             lines.extend(f"{'':>8}error: {e}" for e in s.first_errors)
     return "\n".join(lines)

@@ -48,13 +48,18 @@ def test_ratios_are_to_the_first_level():
 async def test_each_stage_alone_on_the_tiny_model(tiny_model_dir):
     async with running_stack(tiny_model_dir, with_gateway=False) as stack:
         addresses = {name: getattr(stack, name).host.address for name in ("llm", "flow", "vocoder")}
-        results = await run_stages(addresses, [1, 2], ["Hi."], ChunkPolicy(), requests=1, timeout=120)
+        metrics = {name: f"http://{getattr(stack, name).host.metrics_address}/metrics"
+                   for name in ("llm", "flow", "vocoder")}
+        results = await run_stages(addresses, [1, 2], ["Hi."], ChunkPolicy(), requests=1, timeout=120,
+                                   metrics=metrics)
     assert list(results) == ["llm", "flow", "vocoder"]
     for stage, levels in results.items():
         assert [level.concurrency for level in levels] == [1, 2]
         for level in levels:
             assert level.requests == 1 and level.errors == 0, level.first_errors
             assert level.units > 0 and level.throughput > 0 and not math.isnan(level.first_output_p50)
+            # From the stage's own /metrics: at least one item per compute call, some compute.
+            assert level.mean_batch >= 1 and level.busy > 0, (stage, level)
         assert levels[0].ratio == 1.0 and levels[1].ratio > 0
     # Same input every level: the same amount of work (tokens, frames, audio) per request.
     for stage in ("flow", "vocoder"):
@@ -63,5 +68,5 @@ async def test_each_stage_alone_on_the_tiny_model(tiny_model_dir):
     assert results["flow"][0].units == 2 * results["llm"][0].units
     assert results["vocoder"][0].units == pytest.approx(results["flow"][0].units / 50)
     table = format_stage_table(results)
-    for word in ("tokens/s", "mel frames/s", "audio-s/s", "1.00×"):
+    for word in ("tokens/s", "mel frames/s", "audio-s/s", "1.00×", "batch", "busy"):
         assert word in table
