@@ -18,9 +18,10 @@ commands:
                                             http: the HTTP front (docs/http.md)
   up [--model-dir DIR] [--device cpu|cuda] [--port 50051] [--metrics-port 9400] [--metrics-host H]
      [--host H] [--internal-host H] [--tls-cert PEM --tls-key PEM] [--api-keys-file FILE]
-     [--max-restarts 5] [--drain-timeout S]
-                                            run the whole stack locally as five processes,
-                                            restarting any that dies; SIGTERM drains
+     [--max-restarts 5] [--drain-timeout S] [--http-port 8080]
+                                            run the whole stack locally as six processes
+                                            (the HTTP front too), restarting any that dies;
+                                            SIGTERM drains
   synth TEXT -o OUT.wav [--mode M] [--speaker ID | --prompt-audio FILE [--prompt-text TEXT]]
         [--instruct TEXT] [--speed X] [--no-text-frontend] [--seed N] [--address HOST:PORT]
                                             synthesize through a running gateway

@@ -35,7 +35,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, expected: str) ->
         (("serve", "gateway"), None,
          "cosyvoice serve gateway: --llm-addr / COSYVOICE_GATEWAY_LLM_ADDR is required, as host:port (got '')"),
         (("up", "--port", "99999"), None, "cosyvoice up: --port 99999 is not in 0..65535"),
-        (("serve", "nope"), None, "cosyvoice serve: unknown service 'nope' (one of llm, flow, vocoder, frontend, gateway)"),
+        (("serve", "nope"), None, "cosyvoice serve: unknown service 'nope' (one of llm, flow, vocoder, frontend, gateway, http)"),
         (("serve", "flow"), None,
          "cosyvoice serve flow: --model-dir / COSYVOICE_FLOW_MODEL_DIR is required: a CosyVoice2 model directory"),
         (("up", "--port", "0", "--metrics-port", "65533"), None,
