@@ -36,6 +36,9 @@ commands:
                                             --tls-ca PEM (docs/security.md)
   bench [options]                           load-test the gateway against the in-process monolith
   bench voices [options]                    registered speaker vs inline prompt: time to first audio
+  bench stages [options]                    each model stage alone over gRPC: throughput per level
+                                            (bench and bench stages: --backend A,B --dtype X,Y
+                                            compare variants, --plot DIR writes PNG charts)
   make-tiny-model OUT_DIR [--seed N] [--no-presets] [--full-size] [--force]
                                             write a random-weight model in the official layout
   check-model DIR [--json]                  validate a model directory: files, shapes, dtypes,
