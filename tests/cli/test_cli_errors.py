@@ -39,7 +39,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, expected: str) ->
         (("serve", "flow"), None,
          "cosyvoice serve flow: --model-dir / COSYVOICE_FLOW_MODEL_DIR is required: a CosyVoice2 model directory"),
         (("up", "--port", "0", "--metrics-port", "65533"), None,
-         "cosyvoice up: --metrics-port 65533 must be -1, 0 or N with N..N+4 in 1..65535"),
+         "cosyvoice up: --metrics-port 65533 must be -1, 0 or N with N..N+5 in 1..65535"),
         (("up", "--model-dir", "/nonexistent/model"), None,
          "cosyvoice up: --model-dir: model directory /nonexistent/model does not exist or is not a directory"),
     ],
