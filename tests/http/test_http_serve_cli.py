@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -33,3 +35,40 @@ def test_the_front_imports_no_torch():
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+class _HttpReached(Exception):
+    pass
+
+
+def test_up_starts_the_front_on_the_public_host_dialling_the_gateway_as_up_does(monkeypatch, tiny_model_dir, tmp_path):
+    """`up --host 0.0.0.0 --tls-cert ...`: the front listens on 0.0.0.0, dials the gateway on
+    loopback with the gateway's CA and name (nothing is started: _start is recorded)."""
+    import types
+
+    from services.cli import up
+    from tests.hardening.certificates import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    started: dict[str, list[str]] = {}
+
+    def fake_start(name: str, args: list[str], env: dict[str, str], timeout: float) -> up.Child:
+        started[name] = list(args)
+        if name == "http":
+            raise _HttpReached
+        return up.Child(name, types.SimpleNamespace(poll=lambda: 0), address=f"{args[args.index('--host') + 1]}:4321")
+
+    monkeypatch.setattr(up, "_start", fake_start)
+    monkeypatch.setattr(up.signal, "signal", lambda *args: None)
+    with pytest.raises(_HttpReached):
+        up.main(["--model-dir", str(tiny_model_dir), "--port", "0", "--metrics-port", "0", "--host", "0.0.0.0",
+                 "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key), "--tls-ca", str(pki.ca),
+                 "--tls-server-name", "localhost"])
+    http = started["http"]
+
+    def last(flag: str) -> str:
+        return [http[i + 1] for i, arg in enumerate(http) if arg == flag][-1]
+
+    assert (last("--host"), last("--port"), last("--gateway-addr")) == ("0.0.0.0", "0", "127.0.0.1:4321")
+    assert (last("--gateway-tls-ca"), last("--gateway-tls-server-name")) == (str(pki.ca), "localhost")
+    assert (last("--metrics-port"), last("--metrics-host")) == ("0", "127.0.0.1")
