@@ -15,7 +15,9 @@ level sends input i mod #texts.
 Each stream sends its whole input as fast as the stage takes it (a saturating closed loop with
 at most C streams in flight), so this measures a stage's capacity, not a paced request. Every
 level reports its throughput and the ratio to the first level's (normally C=1): the batching
-gain. The stages run in turn, never at once, so each has the CPU to itself.
+gain; and, read from the stage's own /metrics, the mean batch size (items per compute call;
+the LLM: sequences per engine step) and how busy the stage's compute thread was (its compute
+time / the level's wall time: near 100 %, the stage is the bottleneck). The stages run in turn, never at once, so each has the CPU to itself.
 """
 
 from __future__ import annotations
