@@ -70,3 +70,24 @@ async def test_each_stage_alone_on_the_tiny_model(tiny_model_dir):
     table = format_stage_table(results)
     for word in ("tokens/s", "mel frames/s", "audio-s/s", "1.00×", "batch", "busy"):
         assert word in table
+
+
+@pytest.mark.slow
+def test_cli_starts_the_stage_processes_and_reads_their_metrics(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from services.cli import bench, bench_cli
+
+    for name in bench.THREAD_ENV:  # main() sets these for itself; restored afterwards
+        monkeypatch.setenv(name, "1")
+    out = tmp_path / "stages.json"
+    bench_cli.main(["stages", "--model-dir", str(tiny_model_dir), "--concurrency", "1", "--requests", "1",
+                    "--text", "Hi.", "--json", str(out)])
+    import json
+
+    result = json.loads(out.read_text())
+    (variant,) = result["variants"]
+    assert variant["variant"] == "default" and list(variant["stages"]) == ["llm", "flow", "vocoder"]
+    for stage, (level,) in variant["stages"].items():
+        assert level["errors"] == 0 and level["units"] > 0, (stage, level)
+        assert level["mean_batch"] >= 1 and level["busy"] > 0, (stage, level)  # the processes' /metrics
+    assert result["config"]["mode"] == "stages" and result["config"]["load"]["before"]["nproc"] >= 1
+    assert "mel frames/s" in capsys.readouterr().out
