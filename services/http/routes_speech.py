@@ -67,7 +67,3 @@ def speech_message(body: SpeechRequest) -> tts_pb2.SynthesizeRequest:
              summary="Synthesise speech (OpenAI-compatible)")
 async def create_speech(body: SpeechRequest, request: Request, client: GatewayClient = Depends(gateway)) -> Response:
     return await respond(client, request, speech_message(body), body.response_format, body.stream_format)
-
-
-# A voice given as VoiceId is a model too; make sure the OpenAPI schema names it.
-__all__ = ["router", "SpeechRequest", "VoiceId"]

@@ -15,5 +15,5 @@ async def read_upload(upload: UploadFile, request: Request) -> bytes:
         raise ApiError(413, "payload_too_large",
                        f"{upload.filename or 'the upload'} exceeds {limit} bytes (COSYVOICE_HTTP_MAX_UPLOAD_BYTES)")
     if not data:
-        raise ApiError(400, "invalid_argument", f"the uploaded file {upload.filename or ''!s} is empty".replace("  ", " "))
+        raise ApiError(400, "invalid_argument", f"the uploaded file {upload.filename or '(unnamed)'} is empty")
     return data

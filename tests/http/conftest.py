@@ -81,7 +81,6 @@ async def serve_front(config: HttpConfig) -> AsyncIterator[tuple[str, object]]:
 def http_stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpStack]:
     keys = tmp_path_factory.mktemp("http-keys") / "api-keys"
     keys.write_text(f"{FULL_KEY}\n{SYNTH_KEY} synthesize\n")
-    ready: "asyncio.Future[HttpStack] | None" = None
     started = threading.Event()
     holder: dict[str, object] = {}
 

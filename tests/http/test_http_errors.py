@@ -85,6 +85,11 @@ def test_too_large_upload_is_413(http, http_stack):
     _error(reply, 413, "payload_too_large", "max_upload_bytes")
 
 
+def test_an_empty_upload_is_400(http):
+    reply = http.post("/v1/audio/voices", data={"name": "empty", "prompt_text": "x"}, files={"audio": ("e.wav", b"")})
+    _error(reply, 400, "invalid_argument", "the uploaded file e.wav is empty")
+
+
 def test_bad_prompt_audio_is_the_gateways_400(http):
     reply = http.post("/v1/tts/zero_shot", data={"text": TEXT, "prompt_text": "hi"},
                       files={"prompt_audio": ("p.wav", b"not audio at all", "audio/wav")})
