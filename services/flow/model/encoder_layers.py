@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from services.flow.model.window_cache import WindowCache
+from services.flow.model.window_cache import LayerCache
 
 _ACTIVATIONS = {
     "swish": nn.SiLU,
@@ -103,7 +103,7 @@ class RelPositionAttention(nn.Module):
         x: torch.Tensor,
         pos_emb: torch.Tensor,
         mask: torch.Tensor | None,
-        cache: WindowCache | None = None,
+        cache: LayerCache | None = None,
         offset: int = 0,
     ) -> torch.Tensor:
         """x: the frames at positions offset.. (with `cache` holding the keys/values of the
@@ -150,7 +150,7 @@ class ConformerLayer(nn.Module):
         x: torch.Tensor,
         pos_emb: torch.Tensor,
         mask: torch.Tensor | None,
-        cache: WindowCache | None = None,
+        cache: LayerCache | None = None,
         offset: int = 0,
     ) -> torch.Tensor:
         x = x + self.self_attn(self.norm_mha(x), pos_emb, mask, cache, offset)
@@ -186,7 +186,7 @@ class CausalUpsample(nn.Module):
         self.stride = stride
         self.conv = nn.Conv1d(channels, channels, stride * 2 + 1)
 
-    def forward(self, x: torch.Tensor, cache: WindowCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         """(B, C, T) -> (B, C, stride*T); with `cache`, x continues the frames cached before."""
         x = torch.repeat_interleave(x, self.stride, dim=2)
         if cache is not None:

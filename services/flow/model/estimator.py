@@ -20,7 +20,7 @@ from services.flow.model.estimator_blocks import (
     sinusoidal_time_embedding,
 )
 from services.flow.model.masks import attention_mask, batch_flags
-from services.flow.model.window_cache import WindowCache
+from services.flow.model.window_cache import LayerCache
 
 
 class CausalConditionalDecoder(nn.Module):
@@ -86,7 +86,7 @@ class CausalConditionalDecoder(nn.Module):
         spks: torch.Tensor,
         cond: torch.Tensor,
         attn_mask: torch.Tensor | None,
-        cache: WindowCache | None = None,
+        cache: LayerCache | None = None,
     ) -> torch.Tensor:
         """forward() with the time embedding and attention mask precomputed (the CFM loop
         reuses the mask for all steps); `time_emb` may have one row for the whole batch.
@@ -109,7 +109,7 @@ class CausalConditionalDecoder(nn.Module):
 
     @staticmethod
     def _transformers(
-        h: torch.Tensor, blocks: nn.ModuleList, attn_mask: torch.Tensor | None, cache: WindowCache | None = None
+        h: torch.Tensor, blocks: nn.ModuleList, attn_mask: torch.Tensor | None, cache: LayerCache | None = None
     ) -> torch.Tensor:
         h = h.transpose(1, 2).contiguous()
         for block in blocks:

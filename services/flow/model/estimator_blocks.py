@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from services.flow.model.window_cache import WindowCache
+from services.flow.model.window_cache import LayerCache
 
 
 def sinusoidal_time_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
@@ -41,7 +41,7 @@ class CausalConv1d(nn.Conv1d):
         super().__init__(in_channels, out_channels, kernel_size)
         self.causal_padding = kernel_size - 1
 
-    def forward(self, x: torch.Tensor, cache: WindowCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         if cache is not None:  # the cached inputs before the window replace the zero padding
             return super().forward(cache.conv_input(self, x, self.causal_padding))
         return super().forward(F.pad(x, (self.causal_padding, 0)))
@@ -54,7 +54,7 @@ class CausalBlock1D(nn.Module):
         super().__init__()
         self.block = nn.ModuleList([CausalConv1d(dim, dim_out, 3), nn.Identity(), nn.LayerNorm(dim_out)])
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: WindowCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         h = self.block[0](x * mask, cache)
         h = self.block[2](h.transpose(1, 2)).transpose(1, 2)
         return F.mish(h) * mask
@@ -69,7 +69,7 @@ class CausalResnetBlock1D(nn.Module):
         self.res_conv = nn.Conv1d(dim, dim_out, 1)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, time_emb: torch.Tensor, cache: WindowCache | None = None
+        self, x: torch.Tensor, mask: torch.Tensor, time_emb: torch.Tensor, cache: LayerCache | None = None
     ) -> torch.Tensor:
         h = self.block1(x, mask, cache) + self.mlp(time_emb).unsqueeze(-1)
         return self.block2(h, mask, cache) + self.res_conv(x * mask)
@@ -88,7 +88,7 @@ class SelfAttention(nn.Module):
         self.to_v = nn.Linear(dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: WindowCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: LayerCache | None = None) -> torch.Tensor:
         b, t, _ = x.shape
 
         def heads(y: torch.Tensor) -> torch.Tensor:
@@ -132,6 +132,6 @@ class TransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, act_fn)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: WindowCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: LayerCache | None = None) -> torch.Tensor:
         x = x + self.attn1(self.norm1(x), mask, cache)
         return x + self.ff(self.norm3(x))

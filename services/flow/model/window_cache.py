@@ -11,8 +11,20 @@ whose chunk is complete) and drops the rest, which the next call recomputes.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from torch import nn
+
+
+class LayerCache(Protocol):
+    """What attention layers and causal convs ask of a cache (WindowCache, StackedWindowCaches)."""
+
+    def conv_input(self, module: nn.Module, x: torch.Tensor, context: int) -> torch.Tensor: ...
+
+    def keys_values(
+        self, module: nn.Module, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class WindowCache:
