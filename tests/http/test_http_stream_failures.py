@@ -1,10 +1,12 @@
-"""Failures the live stack will not produce on demand, from a scripted gateway (a real gRPC
-server on a free port): each gRPC code's HTTP status, and a gateway that fails after the
+"""What the live stack will not do on demand, from a scripted gateway (a real gRPC server on a
+free port): each gRPC code's HTTP status; a gateway that holds its second chunk until the test
+has the first bytes (streaming is real, not buffered); and a gateway that fails after the
 first audio, which can no longer change the status: chunked audio is cut (no final chunk),
 SSE ends with an error event, a WebSocket gets an error message and a 4xxx close."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import AsyncIterator
@@ -25,9 +27,18 @@ CHUNK = np.full(2400, 1000, "<i2").tobytes()
 
 class ScriptedGateway(tts_pb2_grpc.TextToSpeechServicer):
     """`text` says what happens: "CODE" fails at once with that code; "CODE after 2" sends two
-    chunks first; anything else is three chunks."""
+    chunks first; "HOLD" sends one chunk, waits for `release`, then sends the last; anything
+    else is three chunks."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
 
     async def _play(self, script: str, context: grpc.aio.ServicerContext) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
+        if script == "HOLD":
+            yield tts_pb2.SynthesizeResponse(audio=CHUNK, sample_rate=24000, chunk_index=0)
+            await self.release.wait()
+            yield tts_pb2.SynthesizeResponse(audio=CHUNK, sample_rate=24000, chunk_index=1, is_final=True)
+            return
         name, _, after = script.partition(" after ")
         code = getattr(grpc.StatusCode, name, None)
         chunks = int(after) if after else (0 if code else 3)
@@ -54,12 +65,13 @@ class ScriptedGateway(tts_pb2_grpc.TextToSpeechServicer):
 @pytest.fixture
 async def front():
     server = grpc.aio.server()
-    tts_pb2_grpc.add_TextToSpeechServicer_to_server(ScriptedGateway(), server)
+    gateway = ScriptedGateway()
+    tts_pb2_grpc.add_TextToSpeechServicer_to_server(gateway, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
         async with serve_front(HttpConfig(port=0, metrics_port=-1, gateway_addr=f"127.0.0.1:{port}")) as served:
-            yield served
+            yield (*served, gateway)
     finally:
         await server.stop(0)
 
@@ -69,7 +81,7 @@ async def front():
     ("RESOURCE_EXHAUSTED", 429), ("UNAVAILABLE", 503), ("DEADLINE_EXCEEDED", 504), ("INTERNAL", 500),
 ])
 async def test_each_grpc_code_has_its_http_status(front, code, status):
-    url, _ = front
+    url, _, _ = front
     async with httpx.AsyncClient(base_url=url) as client:
         reply = await client.post("/v1/audio/speech", json={"input": code, "response_format": "pcm"})
     assert reply.status_code == status
@@ -78,8 +90,23 @@ async def test_each_grpc_code_has_its_http_status(front, code, status):
     assert body["message"] == ("the gateway failed (INTERNAL)" if status == 500 else f"scripted {code}")
 
 
+@pytest.mark.parametrize(("response_format", "stream_format"), [("pcm", "audio"), ("wav", "audio"),
+                                                                ("opus", "audio"), ("pcm", "sse")])
+async def test_the_first_bytes_leave_before_the_gateway_has_finished(front, response_format, stream_format):
+    url, _, gateway = front
+    body = {"input": "HOLD", "response_format": response_format, "stream_format": stream_format}
+    async with httpx.AsyncClient(base_url=url) as client:
+        async with client.stream("POST", "/v1/audio/speech", json=body) as reply:
+            pieces = reply.aiter_raw()
+            first = await asyncio.wait_for(pieces.__anext__(), timeout=30)  # the gateway is still holding
+            assert first
+            gateway.release.set()
+            rest = b"".join([piece async for piece in pieces])
+    assert len(first + rest) > len(first)
+
+
 async def test_chunked_audio_is_cut_when_the_gateway_fails_after_first_audio(front):
-    url, metrics = front
+    url, metrics, _ = front
     received = b""
     async with httpx.AsyncClient(base_url=url) as client:
         async with client.stream("POST", "/v1/audio/speech", json={"input": "UNAVAILABLE after 2",
@@ -94,7 +121,7 @@ async def test_chunked_audio_is_cut_when_the_gateway_fails_after_first_audio(fro
 
 
 async def test_sse_ends_with_an_error_event(front):
-    url, metrics = front
+    url, metrics, _ = front
     async with httpx.AsyncClient(base_url=url) as client:
         reply = await client.post("/v1/audio/speech", json={"input": "RESOURCE_EXHAUSTED after 1",
                                                             "response_format": "pcm", "stream_format": "sse"})
@@ -107,7 +134,7 @@ async def test_sse_ends_with_an_error_event(front):
 
 
 async def test_websocket_gets_an_error_message_and_close_code_after_audio(front):
-    url, metrics = front
+    url, metrics, _ = front
     ws_url = url.replace("http://", "ws://") + "/v1/audio/speech/stream"
     async with connect(ws_url) as websocket:
         await websocket.send(json.dumps({"type": "start"}))
