@@ -47,6 +47,10 @@ def _hops(n_tokens: int, n_prompt: int, hops: list[int] | None) -> list[tuple[li
     return pieces
 
 
+def _voice(request) -> VoicePrompt:  # noqa: ANN001
+    return VoicePrompt(request.prompt_token[0].numpy(), request.prompt_feat[0].numpy(), request.embedding[0].numpy())
+
+
 def _runner(flow: torch.nn.Module, incremental: bool, cache_bytes: int = 1 << 40) -> FlowRunner:
     return FlowRunner(flow, SpeakerTable({}), FlowMetrics(CollectorRegistry()), incremental=incremental,
                       incremental_cache_bytes=cache_bytes)
@@ -54,7 +58,7 @@ def _runner(flow: torch.nn.Module, incremental: bool, cache_bytes: int = 1 << 40
 
 async def _stream(runner: FlowRunner, request, pieces) -> list[np.ndarray]:  # noqa: ANN001
     tokens = request.token[0].tolist()
-    prompt = VoicePrompt(request.prompt_token[0].numpy(), request.prompt_feat[0].numpy(), request.embedding[0].numpy())
+    prompt = _voice(request)
     session = runner.open_session(None, prompt)
     try:
         return [(await runner.decode(session, [tokens[i] for i in sent], final)).mel for sent, final in pieces]
@@ -97,7 +101,8 @@ def test_window_frames_equal_a_full_streaming_call(our_flow):
     state = IncrementalFlow(our_flow, session.prompt_mel, session.embedding, REFERENCE_N_TIMESTEPS)
     tokens = request.token[0].tolist()
     for chunk in upstream_chunk_schedule(n_tokens, n_prompt)[:-1]:
-        expected = decode_chunk_batch(our_flow, [ChunkJob(session, tuple(tokens[: chunk.n_tokens]), chunk.token_offset, False)])[0]
+        job = ChunkJob(session, tuple(tokens[: chunk.n_tokens]), chunk.token_offset, False)
+        expected = decode_chunk_batch(our_flow, [job])[0]
         all_tokens = torch.cat([session.prompt_tokens, torch.tensor(tokens[: chunk.n_tokens])])
         actual = state.decode(all_tokens, 2 * (n_prompt + chunk.token_offset))
         assert actual.shape == expected.shape
@@ -109,7 +114,7 @@ async def test_caches_are_freed_after_the_final_chunk_and_on_close(our_flow):
     runner = _runner(our_flow, True)
     runner.start()
     request = make_request(60, 7, seed=71)
-    prompt = VoicePrompt(request.prompt_token[0].numpy(), request.prompt_feat[0].numpy(), request.embedding[0].numpy())
+    prompt = _voice(request)
     tokens = request.token[0].tolist()
     try:
         finished = runner.open_session(None, prompt)
@@ -138,8 +143,7 @@ async def test_over_the_cache_budget_a_stream_falls_back_unchanged(our_flow):
     tight.start()
     off.start()
     try:
-        session = tight.open_session(None, VoicePrompt(request.prompt_token[0].numpy(), request.prompt_feat[0].numpy(),
-                                                       request.embedding[0].numpy()))
+        session = tight.open_session(None, _voice(request))
         tokens = request.token[0].tolist()
         first = await tight.decode(session, [tokens[i] for i in pieces[0][0]], False)
         assert session.incremental is None  # dropped: the budget is 0 bytes
@@ -278,8 +282,7 @@ async def test_a_failed_incremental_chunk_drops_the_caches_and_the_stream_goes_o
     off.start()
     tokens = request.token[0].tolist()
     try:
-        session = runner.open_session(None, VoicePrompt(request.prompt_token[0].numpy(),
-                                                        request.prompt_feat[0].numpy(), request.embedding[0].numpy()))
+        session = runner.open_session(None, _voice(request))
         first = await runner.decode(session, [tokens[i] for i in pieces[0][0]], False)
 
         def broken(*args, **kwargs):  # noqa: ANN002, ANN003

@@ -150,12 +150,14 @@ class CausalConditionalCFM(nn.Module):
         noise = self.rand_noise[0].to(device, dtype)
         x = padded([noise[:, start : start + w] for start, w in zip(starts, widths)])
         mu, cond = padded(mus), padded(conds)
-        valid = (torch.arange(width, device=device).view(1, 1, -1) < torch.tensor(widths, device=device).view(-1, 1, 1))
+        valid = torch.arange(width, device=device).view(1, 1, -1) < torch.tensor(widths, device=device).view(-1, 1, 1)
         mask_in = torch.cat([valid, valid]).to(dtype)
         mu_in = torch.cat([mu, torch.zeros_like(mu)])
-        spks_in = torch.cat([torch.stack(spks), torch.zeros(batch, spks[0].numel(), device=device, dtype=dtype)]).to(dtype)
+        spk = torch.stack(spks).to(dtype)
+        spks_in = torch.cat([spk, torch.zeros_like(spk)])
         cond_in = torch.cat([cond, torch.zeros_like(cond)]).to(dtype)
-        attn_mask = stacked_window_mask(starts, widths, self.estimator.config.static_chunk_size, device).repeat(2, 1, 1, 1)
+        chunk = self.estimator.config.static_chunk_size
+        attn_mask = stacked_window_mask(starts, widths, chunk, device).repeat(2, 1, 1, 1)  # both CFG halves
         t_span = time_grid(n_timesteps, self.t_scheduler, device, dtype)
 
         rate = self.inference_cfg_rate

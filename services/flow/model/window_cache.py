@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -124,13 +125,12 @@ class StackedWindowCaches:
             return self.caches[0].keys_values(module, k, v)
         pasts = [cache.past(module) for cache in self.caches]
         longest = max((p[0].size(2) for p in pasts if p is not None), default=0)
+        empty = k.new_zeros(2, k.size(1), 0, k.size(3))
         padded_k, padded_v = [], []
         for index, (cache, width, past) in enumerate(zip(self.caches, self.widths, pasts)):
             rows = self._rows(index)
             cache.stage(module, "kv", (k[rows, :, :width], v[rows, :, :width]), 0)
-            shape = (2, k.size(1), longest, k.size(3))
-            pk = k.new_zeros(shape) if past is None else torch.nn.functional.pad(past[0], (0, 0, 0, longest - past[0].size(2)))
-            pv = v.new_zeros(shape) if past is None else torch.nn.functional.pad(past[1], (0, 0, 0, longest - past[1].size(2)))
-            padded_k.append(pk)
-            padded_v.append(pv)
+            past_k, past_v = past if past is not None else (empty, empty)
+            padded_k.append(F.pad(past_k, (0, 0, 0, longest - past_k.size(2))))
+            padded_v.append(F.pad(past_v, (0, 0, 0, longest - past_v.size(2))))
         return torch.cat([self._stack(padded_k), k], dim=2), torch.cat([self._stack(padded_v), v], dim=2)
