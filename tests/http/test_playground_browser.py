@@ -336,7 +336,7 @@ def cosyvoice_up(model_dir: Path, log: Path) -> Iterator[str]:
             process.wait()
 
 
-@pytest.mark.slow  # 65-140 s on the loaded 2-core box, most of it up starting and stopping six processes
+@pytest.mark.slow  # 31-140 s on the shared 2-core box (load 3.5-16), mostly up starting and stopping six processes
 def test_playground_on_a_live_stack(tab, tiny_model_dir, tmp_path):
     """Types, picks the preset voice, synthesises through /v1/audio/speech and hears it; then
     registers the tiny model's prompt recording as a voice from the file input and speaks
