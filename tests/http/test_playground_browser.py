@@ -199,7 +199,8 @@ def test_player_joins_samples_split_across_chunks(tab, stand_in):
           return player.int16Chunks.flatMap((chunk) => Array.from(chunk));
         }"""
     )
-    expected = [struct.unpack_from("<h", bytes((i * 37 + 11) % 256 for i in (2 * n, 2 * n + 1)))[0] for n in range(1000)]
+    sent = bytes((i * 37 + 11) % 256 for i in range(2000))
+    expected = list(struct.unpack("<1000h", sent))
     assert samples == expected
 
 
