@@ -55,7 +55,7 @@ def test_cpu_variant_serves_as_local_processes(tmp_path: Path) -> None:
     with LocalCompose(config, tmp_path) as stack:
         stack.up()  # every healthcheck command passed, in depends_on order
         assert set(stack.skipped) == {"prometheus", "grafana"}
-        assert set(stack.processes) == {"tiny-model", *STAGES, "gateway"}
+        assert set(stack.processes) == {"tiny-model", *STAGES, "gateway", "http"}
         assert stack.processes["tiny-model"].process.returncode == 0
 
         model = tmp_path / "volumes" / "tiny-model" / "tiny"
@@ -71,7 +71,14 @@ def test_cpu_variant_serves_as_local_processes(tmp_path: Path) -> None:
         with wave.open(str(out)) as wav:
             assert wav.getframerate() == 24000 and wav.getnframes() > 0
 
-        for name in (*STAGES, "gateway"):
+        (http_port,) = services["http"]["ports"]  # the HTTP front, through the gateway
+        request = urllib.request.Request(f"http://{LOOPBACK}:{http_port['target']}/v1/audio/speech", method="POST",
+                                         data=json.dumps({"input": "Hi.", "response_format": "pcm"}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=300) as reply:
+            assert reply.status == 200 and len(reply.read()) > 0
+
+        for name in (*STAGES, "gateway", "http"):
             families = scrape(metrics_port(services[name]))
             assert any(family.startswith(f"cosyvoice_{name}_") for family in families), (name, sorted(families))
         requests = scrape(metrics_port(services["gateway"]))["cosyvoice_gateway_requests"]
@@ -104,7 +111,7 @@ def test_prometheus_scrapes_every_service_of_ours_on_its_metrics_port() -> None:
     services = resolve(BASE_FILE).config["services"]
     path = _mount_source(services["prometheus"], "/etc/prometheus/prometheus.yml")
     jobs = {job["job_name"]: job for job in yaml.safe_load(path.read_text())["scrape_configs"]}
-    assert set(jobs) == {*STAGES, "gateway"}
+    assert set(jobs) == {*STAGES, "gateway", "http"}
     for name, job in jobs.items():
         (sd,) = job["dns_sd_configs"]  # one target per replica: Docker's DNS answers with each one's address
         assert (sd["names"], sd["type"], sd["port"]) == ([name], "A", metrics_port(services[name]))
