@@ -44,7 +44,9 @@ async def test_streaming_output_equals_the_library_chunk_for_chunk(monolith, lib
     expected = list(library.synthesize(TEXT, seed=3, stream=True))
     assert len(pieces) == len(expected) > 2
     for piece, chunk in zip(pieces, expected):
-        np.testing.assert_array_equal(piece.samples, chunk)
+        # The monolith's flow decodes non-final chunks incrementally (docs/incremental-flow.md), the
+        # library re-runs the prefix: equal up to float rounding, not bit for bit (seen: 4e-8).
+        np.testing.assert_allclose(piece.samples, chunk, rtol=0, atol=1e-6)
         assert piece.sample_rate == library.sample_rate
     assert [p.is_final for p in pieces] == [False] * (len(pieces) - 1) + [True]
     timings = pieces[0].timings  # the same first-chunk accounting as the gateway
