@@ -26,6 +26,18 @@ from services.flow.model.flow import CausalMaskedDiffWithXvec
 from services.flow.model.window_cache import WindowCache
 
 
+def unsupported_reason(flow: CausalMaskedDiffWithXvec) -> str | None:
+    """Why this model's streaming calls cannot be cached exactly, or None. A frame is final once
+    its estimator chunk is complete only if its encoder output is final too: the encoder must be
+    chunked, and estimator chunks must end on encoder chunk ends (CosyVoice 2: 50 = 2 × 25)."""
+    encoder_chunk = flow.encoder.config.static_chunk_size
+    estimator_chunk = flow.decoder.estimator.config.static_chunk_size
+    if encoder_chunk <= 0 or estimator_chunk % (encoder_chunk * flow.encoder.stride) != 0:
+        return (f"the estimator's {estimator_chunk}-frame chunks do not end on the encoder's "
+                f"{encoder_chunk}-token chunks")
+    return None
+
+
 class IncrementalFlow:
     def __init__(
         self,
@@ -40,7 +52,7 @@ class IncrementalFlow:
         self.device, self.dtype = parameter.device, parameter.dtype
         self.lookahead = flow.pre_lookahead_len
         self.stride = flow.encoder.stride
-        self.encoder_chunk = flow.encoder.config.static_chunk_size  # tokens; 0: no chunks, never cached
+        self.encoder_chunk = flow.encoder.config.static_chunk_size  # tokens (see unsupported_reason)
         self.estimator_chunk = flow.decoder.estimator.config.static_chunk_size  # frames
         with torch.inference_mode():
             self.prompt_mel = prompt_mel.to(self.device, self.dtype).t().unsqueeze(0)  # (1, 80, 2P)
@@ -94,7 +106,7 @@ class IncrementalFlow:
         first = max(0, start - 2)  # see UpsampleConformerEncoder.forward_window
         embedded = self.flow.input_embedding(tokens[first:].long()).unsqueeze(0)
         hidden = self.flow.encoder.forward_window(embedded, start, main, self.token_cache, self.frame_cache)
-        stable = main // self.encoder_chunk * self.encoder_chunk if self.encoder_chunk > 0 else 0
+        stable = main // self.encoder_chunk * self.encoder_chunk
         self.token_cache.commit(stable - start)
         self.frame_cache.commit((stable - start) * self.stride)
         mu = torch.cat([self.mu, self.flow.encoder_proj(hidden).transpose(1, 2)], dim=2)

@@ -31,7 +31,7 @@ from services.flow.chunk_decoder import (
     prompt_session,
     speaker_session,
 )
-from services.flow.incremental import IncrementalFlow
+from services.flow.incremental import IncrementalFlow, unsupported_reason
 from services.flow.metrics import FlowMetrics
 from services.flow.model.config import REFERENCE_N_TIMESTEPS
 from services.flow.speakers import SpeakerTable
@@ -59,6 +59,9 @@ class FlowRunner:
         # torch estimator, so an exported-graph backend keeps the full re-run instead.
         if incremental and getattr(flow.decoder, "backend", None) is not None:
             logger.info("flow: incremental streaming is off: it needs the torch estimator backend")
+            incremental = False
+        if incremental and (reason := unsupported_reason(flow)) is not None:
+            logger.info("flow: incremental streaming is off: %s", reason)
             incremental = False
         self.incremental = incremental
         self.incremental_cache_bytes = incremental_cache_bytes

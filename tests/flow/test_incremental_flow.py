@@ -332,3 +332,16 @@ def test_windows_of_several_streams_batch_into_one_ode_call_unchanged(our_flow):
         for got, want in zip(decode_streams(items), expected):
             assert got.shape == want.shape and np.abs(got - want).max() <= MEL_TOLERANCE
     assert len({state.frame_start for _, state, _ in streams}) > 1  # the batch mixed cached lengths
+
+
+def test_a_model_whose_chunks_do_not_line_up_keeps_the_full_rerun(our_flow, monkeypatch, caplog):
+    """Estimator chunks must end on encoder chunk ends, or a cached frame's encoder output
+    could still change."""
+    import dataclasses
+
+    config = our_flow.encoder.config
+    monkeypatch.setattr(our_flow.encoder, "config", dataclasses.replace(config, static_chunk_size=0))
+    with caplog.at_level("INFO"):
+        runner = _runner(our_flow, True)
+    assert runner.incremental is False
+    assert "estimator's 50-frame chunks do not end on the encoder's 0-token chunks" in caplog.text
