@@ -236,8 +236,17 @@ def test_the_installed_package_carries_its_data_files():
         for path in (ROOT / top).rglob("*"):
             if path.is_dir() or "__pycache__" in path.parts or path.suffix in (".py", ".pyi", ".pyc"):
                 continue
-            package = ".".join(path.parent.relative_to(ROOT).parts)
-            patterns = declared.get(package, []) + declared.get("*", [])
-            if not any(fnmatch.fnmatch(path.name, p) for p in patterns):
+            # setuptools matches a package's patterns against paths relative to the package's
+            # folder, so a file in a plain subfolder (services/http/static/) is declared by an
+            # ancestor package with "static/*".
+            ancestors = [path.parent, *path.parent.relative_to(ROOT).parents]
+            declared_by = [
+                pattern
+                for folder in (ROOT / a if not a.is_absolute() else a for a in ancestors)
+                if folder != ROOT
+                for pattern in declared.get(".".join(folder.relative_to(ROOT).parts), [])
+                if fnmatch.fnmatch(path.relative_to(folder).as_posix(), pattern)
+            ]
+            if not declared_by and not any(fnmatch.fnmatch(path.name, p) for p in declared.get("*", [])):
                 missing.append(str(path.relative_to(ROOT)))
     assert not missing, f"not in [tool.setuptools.package-data]: {missing}"
