@@ -75,6 +75,16 @@ async def _write_chunks(call: grpc.aio.StreamStreamCall, first: object, queue: a
         return  # the call has ended: the pump reading its responses says how
 
 
+async def _drain(call: grpc.aio.Call) -> None:
+    """Read a stage stream to its end after its final message, so the call ends with its
+    status rather than by a cancel. grpc.aio keeps a call alive, with its reader and the last
+    message it read, when the call is cancelled while an operation is still in flight (the
+    status receive, here): about one vocoder chunk (~100 kB) per request in a soak, the
+    gateway's RSS growth until this drain (docs/reliability.md)."""
+    async for _ in call:
+        pass  # a stage sends nothing after its final message
+
+
 class StagePipeline:
     def __init__(
         self, clients: StageClients, policy: ChunkPolicy, queue_chunks: int, timeout: float,
@@ -155,7 +165,8 @@ class StagePipeline:
 
         def cancel_calls() -> None:
             for call in (llm_call, flow_call, vocoder_call):
-                call.cancel()
+                if not call.done():  # a finished call has nothing to cancel (see _drain)
+                    call.cancel()
 
         with contextlib.ExitStack() as tracked:
             if self.metrics is not None:  # scraped as cosyvoice_gateway_queue_depth{queue}
@@ -180,7 +191,7 @@ class StagePipeline:
                     message = flow_pb2.TokenChunk(tokens=tokens, finalize=chunk.is_final)
                     await out.put(flow_pb2.DecodeRequest(chunk=message))
                 if response.finish_reason:
-                    return
+                    return await _drain(call)
         except grpc.aio.AioRpcError as error:
             raise self._failed("llm", error) from None
         raise self._ended_early("llm")
@@ -194,7 +205,7 @@ class StagePipeline:
                 mel = vocoder_pb2.MelChunk(mel=response.mel, finalize=response.is_final)
                 await out.put(vocoder_pb2.VocodeRequest(chunk=mel))
                 if response.is_final:
-                    return
+                    return await _drain(call)
         except grpc.aio.AioRpcError as error:
             raise self._failed("flow", error, INTERNAL_STAGE_REQUEST_CODES) from None
         raise self._ended_early("flow")
@@ -215,7 +226,7 @@ class StagePipeline:
                     first = False
                 await out.put(AudioPiece(samples, response.sample_rate, response.is_final, timings))
                 if response.is_final:
-                    return
+                    return await _drain(call)
         except grpc.aio.AioRpcError as error:
             raise self._failed("vocoder", error, INTERNAL_STAGE_REQUEST_CODES) from None
         raise self._ended_early("vocoder")

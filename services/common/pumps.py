@@ -45,6 +45,10 @@ class AudioPiece:
     timings: FirstChunkTimings | None = None  # on the first piece only
 
 
+# How long pumps get to end by themselves after the final piece; stages answer at once.
+FINISH_SECONDS = 5.0
+
+
 async def run_pumps(
     pumps: list[Coroutine[object, object, None]],
     audio_out: asyncio.Queue,
@@ -64,6 +68,7 @@ async def run_pumps(
     for task in tasks:
         task.add_done_callback(_on_done)
     getter: asyncio.Future | None = None
+    finished = False
     try:
         while True:
             getter = asyncio.ensure_future(audio_out.get())
@@ -72,12 +77,20 @@ async def run_pumps(
                 getter.cancel()
                 failure.result()  # raises the first stage error
             piece: AudioPiece = getter.result()
+            finished = piece.is_final
             yield piece
             if piece.is_final:
                 return
     finally:
         if getter is not None and not getter.done():
             getter.cancel()  # the caller was cancelled while waiting for audio
+        if finished:
+            # After the final piece every pump ends by itself: readers take their stream's
+            # status, writers half-close. Letting them (instead of cancelling calls whose
+            # status is still on its way) is what keeps the gateway's memory flat: grpc.aio
+            # leaks a call, its reader and its last message when the call is cancelled with
+            # an operation in flight (docs/reliability.md, "The gateway's memory").
+            await asyncio.wait(tasks, timeout=FINISH_SECONDS)
         if on_exit is not None:
             on_exit()
         for task in tasks:
