@@ -45,8 +45,8 @@ from scripts.soak_report import Tally, format_report, summarize  # noqa: E402
 from services.common.pb import speakers_pb2, speakers_pb2_grpc, tts_pb2, tts_pb2_grpc  # noqa: E402
 from services.common.server import CHANNEL_OPTIONS  # noqa: E402
 
-SERVICES = ("gateway", "llm", "flow", "vocoder", "frontend")
-_UP_LINE = re.compile(r"^(gateway|llm|flow|vocoder|frontend) (\S+:\d+) \(metrics \S+\)")
+SERVICES = ("gateway", "llm", "flow", "vocoder", "frontend", "http")  # every process `up` starts
+_UP_LINE = re.compile(r"^(gateway|llm|flow|vocoder|frontend|http) (\S+:\d+) \(metrics \S+\)")
 TEXTS = [
     "Hi there.",
     "Good morning, how are you?",

@@ -12,7 +12,7 @@ import pytest
 from scripts.soak_report import Tally, format_report, percentile, summarize
 from tests.conftest import ROOT
 
-SERVICES = ["gateway", "llm", "flow", "vocoder", "frontend"]
+SERVICES = ["gateway", "llm", "flow", "vocoder", "frontend", "http"]
 
 
 @pytest.mark.slow  # a stack as processes and about 20 s of load
