@@ -20,6 +20,7 @@ from typing import Protocol
 
 import torch
 
+from services.common.backends import open_graph
 from services.common.backends.settings import BackendStageConfig
 from services.common.modeldir.layout import ModelDir
 from services.flow.backends.export import INPUT_NAMES, estimator_onnx_path, export_estimator
@@ -66,18 +67,9 @@ def install_estimator_backend(flow: torch.nn.Module, config: BackendStageConfig,
         return "torch.compile (inductor, dynamic shapes)"
     engine_dir = config.resolved_engine_dir()
     onnx_path = ensure_estimator_onnx(estimator, model_dir, engine_dir)
-    if config.backend == "onnxruntime":
-        from services.common.backends.onnx_graph import OnnxGraph
-
-        graph = OnnxGraph(onnx_path, config.onnx_provider, config.num_threads, config.device)
-        flow.decoder.backend = GraphEstimator("onnxruntime", graph, estimator)
-        return f"onnxruntime ({config.onnx_provider}) {onnx_path.name}"
-    from services.common.backends.tensorrt_graph import TensorRTGraph
-
-    graph = TensorRTGraph(onnx_path, engine_dir, config.dtype, estimator_profile(estimator, config),
-                          config.trt_contexts, config.trt_workspace_mib, config.device)
-    flow.decoder.backend = GraphEstimator("tensorrt", graph, estimator)
-    return f"tensorrt ({config.dtype}, {config.trt_contexts} contexts) {graph.plan.name}"
+    graph, description = open_graph(config, onnx_path, engine_dir, lambda: estimator_profile(estimator, config))
+    flow.decoder.backend = GraphEstimator(config.backend, graph, estimator)
+    return description
 
 
 def ensure_estimator_onnx(estimator: CausalConditionalDecoder, model_dir: ModelDir, engine_dir: Path) -> Path:

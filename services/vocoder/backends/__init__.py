@@ -18,6 +18,7 @@ from typing import Protocol
 
 import torch
 
+from services.common.backends import open_graph
 from services.common.backends.settings import BackendStageConfig
 from services.common.modeldir.layout import ModelDir
 from services.vocoder.backends.export import export_network, network_onnx_path, spectrum_frames
@@ -59,18 +60,9 @@ def install_network_backend(hift: HiFTGenerator, config: BackendStageConfig, mod
         return "torch.compile (inductor, dynamic shapes)"
     engine_dir = config.resolved_engine_dir()
     onnx_path = ensure_network_onnx(hift, model_dir, engine_dir)
-    if config.backend == "onnxruntime":
-        from services.common.backends.onnx_graph import OnnxGraph
-
-        graph = OnnxGraph(onnx_path, config.onnx_provider, config.num_threads, config.device)
-        hift.network_backend = GraphNetwork("onnxruntime", graph, hift)
-        return f"onnxruntime ({config.onnx_provider}) {onnx_path.name}"
-    from services.common.backends.tensorrt_graph import TensorRTGraph
-
-    graph = TensorRTGraph(onnx_path, engine_dir, config.dtype, network_profile(hift, config),
-                          config.trt_contexts, config.trt_workspace_mib, config.device)
-    hift.network_backend = GraphNetwork("tensorrt", graph, hift)
-    return f"tensorrt ({config.dtype}, {config.trt_contexts} contexts) {graph.plan.name}"
+    graph, description = open_graph(config, onnx_path, engine_dir, lambda: network_profile(hift, config))
+    hift.network_backend = GraphNetwork(config.backend, graph, hift)
+    return description
 
 
 def ensure_network_onnx(hift: HiFTGenerator, model_dir: ModelDir, engine_dir: Path) -> Path:
