@@ -5,6 +5,10 @@ Concurrent streams submit work items; one worker task gathers whatever is queued
 on a single dedicated thread. Under load, items that arrive while a batch computes form the
 next batch, so batching costs no added latency at low load. A failing batch fails every
 item in it; a cancelled submitter just drops its result.
+
+With a HeapTrimmer, the same thread gives freed heap pages back to the OS between batches: after
+a batch when the last trim is old enough, and when the queue has stayed empty for a moment, so
+no caller waits on it (services/common/malloc_tuning.py says why).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
 
 from services.common.compute_thread import compute_executor
+from services.common.malloc_tuning import HeapTrimmer
 
 I = TypeVar("I")
 O = TypeVar("O")
@@ -36,6 +41,7 @@ class Batcher(Generic[I, O]):
         name: str = "batcher",
         on_batch: Callable[[int, float], None] | None = None,
         nice_increment: int = 0,
+        trimmer: HeapTrimmer | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -47,6 +53,7 @@ class Batcher(Generic[I, O]):
         self._name = name
         self._executor = compute_executor(name, nice_increment)
         self._worker: asyncio.Task | None = None
+        self._trimmer = trimmer
 
     def start(self) -> None:
         self._worker = asyncio.create_task(self._work())
@@ -72,8 +79,18 @@ class Batcher(Generic[I, O]):
         await self._queue.put(_Pending(item, future, time.perf_counter()))
         return await future
 
+    async def _next(self) -> _Pending[I]:
+        """The next item; after work, an idle moment first trims the heap on the batch thread."""
+        trimmer = self._trimmer
+        if trimmer is not None and trimmer.enabled and trimmer.dirty and self._queue.empty():
+            try:
+                return await asyncio.wait_for(self._queue.get(), trimmer.idle_after)
+            except asyncio.TimeoutError:
+                await asyncio.get_running_loop().run_in_executor(self._executor, trimmer.trim)
+        return await self._queue.get()
+
     async def _gather(self) -> list[_Pending[I]]:
-        batch = [await self._queue.get()]
+        batch = [await self._next()]
         deadline = time.perf_counter() + self.max_wait_seconds
         while len(batch) < self.max_batch_size:
             if not self._queue.empty():
@@ -110,6 +127,10 @@ class Batcher(Generic[I, O]):
             for pending, result in zip(batch, results):
                 if not pending.future.done():
                     pending.future.set_result(result)
+            if self._trimmer is not None:
+                self._trimmer.worked()
+                if self._trimmer.due():  # steady load: the results are out, the next batch waits briefly
+                    await loop.run_in_executor(self._executor, self._trimmer.trim)
 
 
 def length_buckets(lengths: list[int], max_padding_ratio: float) -> list[list[int]]:

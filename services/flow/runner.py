@@ -21,6 +21,7 @@ import torch
 
 from services.common.batching import Batcher, length_buckets
 from services.common.errors import InvalidRequest, Overloaded
+from services.common.malloc_tuning import HeapTrimmer
 from services.flow.api import MelChunkResult, VoicePrompt
 from services.flow.chunk_decoder import (
     MEL_BINS,
@@ -81,7 +82,7 @@ class FlowRunner:
         self.num_sessions = 0
         self._batcher: Batcher[ChunkJob, np.ndarray] = Batcher(
             self._run_batch, max_batch_size, max_wait_seconds, name="flow", on_batch=self._observe_batch,
-            nice_increment=nice_increment,
+            nice_increment=nice_increment, trimmer=HeapTrimmer(),
         )
 
     def incremental_bytes(self) -> int:
@@ -128,6 +129,8 @@ class FlowRunner:
         session.incremental = None  # an in-flight chunk holds its own reference until it returns
         self.num_sessions -= 1
         self.metrics.streams.set(self.num_sessions)
+        if self.incremental:
+            self.metrics.incremental_cache.set(self.incremental_bytes())
 
     async def decode(self, session: FlowSession, tokens: list[int], finalize: bool) -> MelChunkResult:
         total_frames = (session.prompt_tokens.numel() + len(session.tokens) + len(tokens)) * self.ratio
@@ -178,6 +181,8 @@ class FlowRunner:
         for index, state in incremental:
             if jobs[index].session.incremental is state and self.incremental_bytes() > self.incremental_cache_bytes:
                 jobs[index].session.incremental = None  # over the budget: this stream re-runs its prefix from now
+        if incremental:
+            self.metrics.incremental_cache.set(self.incremental_bytes())
         # Each of these re-decodes prompt + all its tokens, so lengths in one batch differ a lot.
         lengths = [jobs[i].session.prompt_tokens.numel() + len(jobs[i].tokens) for i in full]
         for group in length_buckets(lengths, self.max_padding_ratio):

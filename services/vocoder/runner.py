@@ -16,6 +16,7 @@ import torch
 
 from services.common.batching import Batcher
 from services.common.errors import InvalidRequest, Overloaded, ServingError
+from services.common.malloc_tuning import HeapTrimmer
 from services.common.request_limits import check_range
 from services.vocoder.api import SPEED_RANGE, AudioResult
 from services.vocoder.metrics import VocoderMetrics
@@ -51,7 +52,7 @@ class VocoderRunner:
         self.num_streams = 0
         self._batcher: Batcher[_Job, np.ndarray] = Batcher(
             self._run_batch, max_batch_size, max_wait_seconds, name="vocoder", on_batch=self._observe_batch,
-            nice_increment=nice_increment,
+            nice_increment=nice_increment, trimmer=HeapTrimmer(),
         )
 
     def _observe_batch(self, size: int, seconds: float) -> None:

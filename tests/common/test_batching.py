@@ -4,6 +4,7 @@ import threading
 import pytest
 
 from services.common.batching import Batcher, length_buckets
+from services.common.malloc_tuning import HeapTrimmer
 
 
 async def test_items_queued_during_a_batch_form_the_next_batch():
@@ -82,3 +83,38 @@ async def test_close_fails_what_is_still_queued_instead_of_hanging():
     for call in (running, queued):
         with pytest.raises(RuntimeError, match="closed"):
             await call
+
+
+async def test_an_idle_moment_trims_the_heap_once_on_the_batch_thread():
+    loop = asyncio.get_running_loop()
+    trimmed = asyncio.Event()
+    threads = []
+
+    def malloc_trim(pad: int) -> int:
+        threads.append(threading.current_thread().name)
+        loop.call_soon_threadsafe(trimmed.set)
+        return 1
+
+    batch_threads = []
+    trimmer = HeapTrimmer(interval=3600, idle_after=0.05, malloc_trim=malloc_trim)
+    batcher = Batcher(lambda items: (batch_threads.append(threading.current_thread().name), items)[1],
+                      max_batch_size=4, trimmer=trimmer)
+    batcher.start()
+    assert await batcher.submit(7) == 7
+    await asyncio.wait_for(trimmed.wait(), 10)
+    assert threads == batch_threads  # the batch thread, after the queue ran dry
+    trimmed.clear()
+    await asyncio.sleep(0.3)  # idle with nothing new run: nothing more to give back
+    assert len(threads) == 1 and not trimmed.is_set()
+    await batcher.close()
+
+
+async def test_steady_load_trims_after_a_batch_once_the_interval_has_passed():
+    calls = []
+    trimmer = HeapTrimmer(interval=0, idle_after=3600, malloc_trim=lambda pad: calls.append(pad) or 1)
+    batcher = Batcher(lambda items: items, max_batch_size=1, trimmer=trimmer)
+    batcher.start()
+    for item in range(3):
+        assert await batcher.submit(item) == item
+    await batcher.close()
+    assert calls == [0, 0, 0] and trimmer.trims == 3
