@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.common.metrics import StreamingStageMetrics
 
@@ -17,3 +17,8 @@ class FlowMetrics(StreamingStageMetrics):
             chunk_help="From receiving a token chunk to its mel, queueing included.",
         )
         self.frames = Counter("cosyvoice_flow_mel_frames", "Mel frames produced.", registry=registry)
+        self.incremental_cache = Gauge(
+            "cosyvoice_flow_incremental_cache_bytes",
+            "Bytes held by the incremental flow's per-stream caches (capped by incremental_cache_mib).",
+            registry=registry,
+        )

@@ -224,10 +224,16 @@ async def test_the_service_streams_the_full_rerun_mel_and_frees_on_cancel(tiny_m
             await queue.put(flow_pb2.DecodeRequest(chunk=flow_pb2.TokenChunk(tokens=TOKENS[:60])))
             await call.read()
             assert runner.incremental_bytes() > 0
+            assert _cache_gauge(runner) == runner.incremental_bytes()  # what an SRE sees beside RSS
             call.cancel()
         await eventually(lambda: runner.num_sessions == 0, what="the session being closed")
         gc.collect()
         assert len(runner.incremental_states) == 0 and runner.incremental_bytes() == 0
+        assert _cache_gauge(runner) == 0
+
+
+def _cache_gauge(runner: FlowRunner) -> float:
+    return runner.metrics.incremental_cache.collect()[0].samples[0].value
 
 
 async def test_the_chunked_final_switch_reuses_the_caches_and_only_changes_the_final_chunk(our_flow):
