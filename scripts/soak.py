@@ -11,13 +11,18 @@ Without --address it starts `cosyvoice up --port 0 --metrics-port 0 --speaker-db
 it at the end. Each stream sends one request after another, rotating over short and medium
 texts and the voices: every preset speaker (sft) and, when there is a prompt recording (the
 model directory's prompt_sample.wav on an own stack, or --prompt-audio/--prompt-text), a
-speaker registered from it (zero_shot). Requests still running at the end are cancelled and
-counted as cut off, not as errors.
+speaker registered from it (zero_shot). Requests still running at the end finish before the
+last idle sample (with --no-idle-check they are cancelled and counted as cut off, not as errors).
 
-RSS comes from /proc/PID/statm every --sample-interval seconds (no psutil). Growth compares
-the floor (lowest RSS) of the last fifth of the samples after the warm-up with that of the
-first fifth (--warmup minutes; default 10 % of the duration, at most 2; give a warm-up longer
-than a request takes under this load). Exit status 1 when a request failed, a process went
+RSS comes from /proc/PID/statm every --sample-interval seconds (no psutil). After the warm-up
+(--warmup minutes; default 10 % of the duration, at most 2; give one longer than a request
+takes under this load) and at the end, the load pauses: no new request starts, those in flight
+finish, and after --settle seconds every process's idle RSS is sampled; the pause after the
+warm-up does not count toward --duration. Growth is judged idle to idle, because under load a
+stage holds what its open streams need (the flow's incremental caches swing by hundreds of
+MB), so RSS compares different loads. The floor growth under load (the lowest RSS of the last
+fifth of the samples after the warm-up against that of the first fifth) is reported beside it,
+and judged instead with --no-idle-check. Exit status 1 when a request failed, a process went
 away, or a growth is above --max-growth percent. --json has every sample, for a plot.
 """
 
@@ -141,8 +146,12 @@ class Load:
         self.timeout = timeout
         self.voices, self.tally = voice_list, tally
         self.stopping = threading.Event()
+        self.going = threading.Event()  # cleared by `pause`: no stream starts a request
+        self.going.set()
         self.calls: list[grpc.Future | None] = [None] * streams
         self.lock = threading.Lock()  # between a stream storing its call and `stop` cancelling it
+        self.quiet = threading.Condition(self.lock)  # notified when a request ends
+        self.in_flight = 0
         self.threads = [threading.Thread(target=self._stream, args=(i,), daemon=True) for i in range(streams)]
 
     def start(self) -> None:
@@ -159,12 +168,16 @@ class Load:
         n = index  # streams start at different places in the rotation
         while True:
             request = self._request(n)
-            n += len(self.threads)
+            self.going.wait()
             with self.lock:
                 if self.stopping.is_set():
                     return
+                if not self.going.is_set():  # paused between the wait and the lock
+                    continue
                 call = self.stub.Synthesize(request, timeout=self.timeout)
                 self.calls[index] = call
+                self.in_flight += 1
+            n += len(self.threads)
             started, first, audio_seconds = time.perf_counter(), None, 0.0
             try:
                 for response in call:
@@ -179,10 +192,24 @@ class Load:
                     self.tally.failed(error.code().name, error.details() or "")
             except Exception as error:  # a client-side bug must show in the report, not kill the stream
                 self.tally.failed("CLIENT_EXCEPTION", repr(error))
+            finally:
+                with self.lock:
+                    self.in_flight -= 1
+                    self.quiet.notify_all()
+
+    def pause(self, timeout: float) -> bool:
+        """Start no new request and wait for those in flight to end; False if some still run."""
+        self.going.clear()
+        with self.lock:
+            return self.quiet.wait_for(lambda: self.in_flight == 0, timeout)
+
+    def resume(self) -> None:
+        self.going.set()
 
     def stop(self) -> None:
         with self.lock:  # no stream starts a request after this
             self.stopping.set()
+            self.going.set()  # wake paused streams, which then see `stopping`
             for call in self.calls:
                 if call is not None:
                     call.cancel()
@@ -211,6 +238,27 @@ def sample_until(deadline: float, started: float, interval: float, pids: dict[st
             deadline = now  # one last sample, then the report
 
 
+def idle_rss(load: Load, pids: dict[str, int], settle: float, timeout: float, when: str) -> dict[str, int | None]:
+    """Every process's RSS with no request in flight: pause the load, let what runs finish,
+    wait `settle` seconds (the stages give freed memory back once idle), then the lowest of
+    three samples a second apart. The same state after the warm-up and at the end, so what
+    differs is what stayed behind, not how many streams happened to be open."""
+    began = time.monotonic()
+    if not load.pause(timeout):
+        print(f"soak: requests still running {timeout:.0f} s after the load paused ({when})", file=sys.stderr)
+    time.sleep(settle)  # the settling time is part of the measurement
+    found: dict[str, int | None] = {}
+    for index in range(3):
+        for name, pid in pids.items():
+            value = rss_bytes(pid)
+            found[name] = value if index == 0 or found[name] is None or value is None else min(found[name], value)
+        if index < 2:
+            time.sleep(1.0)
+    rss = " ".join(f"{name} {(b or 0) / 1e6:.0f}" for name, b in found.items())
+    print(f"soak: idle RSS MB {when} (after {time.monotonic() - began:.0f} s): {rss}", flush=True)
+    return found
+
+
 def parse_pids(values: Sequence[str]) -> dict[str, int]:
     pids = {}
     for value in values:
@@ -227,7 +275,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--streams", type=int, default=16, help="concurrent synthesis streams (default 16)")
     p.add_argument("--warmup", type=float, default=None, help="minutes before the growth baseline "
                    "(default 10 %% of --duration, at most 2)")
-    p.add_argument("--max-growth", type=float, default=5.0, help="RSS floor growth after the warm-up that fails, in %% (default 5)")
+    p.add_argument("--max-growth", type=float, default=5.0, help="RSS growth after the warm-up that fails, in %% "
+                   "(default 5): idle to idle, or of the floors under load with --no-idle-check")
+    p.add_argument("--no-idle-check", dest="idle_check", action="store_false",
+                   help="judge the RSS floors under load instead of pausing after the warm-up and at the end "
+                        "to compare each process's RSS with no request in flight")
+    p.add_argument("--settle", type=float, default=15.0, help="seconds to wait, paused, before an idle sample (default 15)")
     p.add_argument("--sample-interval", type=float, default=10.0, help="seconds between RSS samples (default 10)")
     p.add_argument("--report-every", type=float, default=1.0, help="minutes between progress lines (default 1)")
     p.add_argument("--model-dir", type=Path, help="for the stack this starts (default: the tiny model)")
@@ -270,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if (model_dir / "prompt_sample.wav").is_file():
             prompt_file = model_dir / "prompt_sample.wav"
             prompt_text = (model_dir / "prompt_sample.txt").read_text().strip()
-    tally, samples = Tally(), []
+    tally, samples, idle = Tally(), [], {}
     try:
         with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
             try:
@@ -284,8 +337,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             started = time.monotonic()
             load.start()
             try:
-                sample_until(started + args.duration * 60, started, args.sample_interval, pids, samples, tally,
-                             args.report_every * 60)
+                if args.idle_check:
+                    sample_until(started + warmup * 60, started, args.sample_interval, pids, samples, tally,
+                                 args.report_every * 60)
+                    idle["after_warmup"] = idle_rss(load, pids, args.settle, args.request_timeout, "after the warm-up")
+                    paused = time.monotonic() - started - warmup * 60
+                    load.resume()
+                    end = started + args.duration * 60 + paused  # the pause is not load
+                else:
+                    end = started + args.duration * 60
+                sample_until(end, started, args.sample_interval, pids, samples, tally, args.report_every * 60)
+                if args.idle_check:
+                    idle["end"] = idle_rss(load, pids, args.settle, args.request_timeout, "at the end")
             finally:
                 load.stop()
                 if stack is None and prompt_file is not None:  # leave a running stack's registry as it was
@@ -294,9 +357,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         if stack is not None:
             stack.stop()
-    result = summarize(tally, samples, warmup * 60, args.max_growth)
+    result = summarize(tally, samples, warmup * 60, args.max_growth, idle if len(idle) == 2 else None)
     result["config"] = {"address": address, "streams": args.streams, "duration_minutes": args.duration,
                         "warmup_minutes": warmup, "max_growth_pct": args.max_growth, "pids": pids,
+                        "idle_check": args.idle_check, "settle_seconds": args.settle,
                         "own_stack": stack is not None, "model_dir": str(args.model_dir or "")}
     print(format_report(result), flush=True)
     if args.json:

@@ -1,7 +1,9 @@
 """What scripts/soak.py counts and how it judges the run: request tallies, time-to-first-audio
 percentiles, and each process's RSS at the end of the warm-up, at the end, min, max and
-growth (of its floor, see `memory`). Pure functions on the samples, so the judgement is
-tested without a stack."""
+growth. Growth is judged idle to idle when the soak paused for it (`idle_growth_pct`: RSS with
+no request in flight after the warm-up and at the end), else by the floors under load
+(`growth_pct`, see `memory`), which is always reported. Pure functions on the samples, so the
+judgement is tested without a stack."""
 
 from __future__ import annotations
 
@@ -85,17 +87,32 @@ def memory(samples: list[dict], warmup_seconds: float) -> dict[str, dict[str, An
     return found
 
 
-def summarize(tally: Tally, samples: list[dict], warmup_seconds: float, max_growth_pct: float) -> dict[str, Any]:
+def add_idle(processes: dict[str, dict[str, Any]], idle: dict[str, dict[str, int | None]]) -> None:
+    """Idle RSS after the warm-up and at the end, and its growth in %, into each process's stats.
+    Under load a stage's RSS is mostly what its open streams hold (the flow's incremental caches
+    alone swing by hundreds of MB), so even floors compare different loads; idle compares alike."""
+    for name, stats in processes.items():
+        warm, end = idle["after_warmup"].get(name), idle["end"].get(name)
+        stats["idle_warm_rss"], stats["idle_end_rss"] = warm, end
+        stats["idle_growth_pct"] = (end - warm) / warm * 100 if warm and end else None
+        stats["exited"] = stats["exited"] or end is None
+
+
+def summarize(tally: Tally, samples: list[dict], warmup_seconds: float, max_growth_pct: float,
+              idle: dict[str, dict[str, int | None]] | None = None) -> dict[str, Any]:
     processes = memory(samples, warmup_seconds) if samples else {}
+    if idle is not None:
+        add_idle(processes, idle)
+    judged = "idle_growth_pct" if idle is not None else "growth_pct"
     failures = []
     if tally.error_count:
         failures.append(f"{tally.error_count} requests failed")
     for name, stats in processes.items():
         if stats["exited"]:
             failures.append(f"{name} went away during the soak")
-        elif stats["growth_pct"] is not None and stats["growth_pct"] > max_growth_pct:
-            failures.append(f"{name} RSS floor grew {stats['growth_pct']:.1f} % after the warm-up "
-                            f"(limit {max_growth_pct:g} %)")
+        elif stats[judged] is not None and stats[judged] > max_growth_pct:
+            what = "idle RSS" if idle is not None else "RSS floor"
+            failures.append(f"{name} {what} grew {stats[judged]:.1f} % after the warm-up (limit {max_growth_pct:g} %)")
     if not tally.ok:
         failures.append("no request succeeded")
     duration = samples[-1]["t"] if samples else 0.0
@@ -110,6 +127,7 @@ def summarize(tally: Tally, samples: list[dict], warmup_seconds: float, max_grow
                                         "p95": percentile(tally.first_audio_seconds, 0.95)},
         "duration_seconds": duration,
         "warmup_seconds": warmup_seconds,
+        "growth_judged": judged,
         "processes": processes,
         "samples": samples,
     }
@@ -117,6 +135,10 @@ def summarize(tally: Tally, samples: list[dict], warmup_seconds: float, max_grow
 
 def _mb(value: float | None) -> str:
     return "-" if value is None else f"{value / 1e6:.1f}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f} %"
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -132,14 +154,20 @@ def format_report(result: dict[str, Any]) -> str:
     ]
     for code, entry in sorted(result["errors"].items()):
         lines.append(f"  {code}: {entry['count']} (first: {entry['first_message']})")
+    idle = result.get("growth_judged") == "idle_growth_pct"
     lines.append(f"{'RSS (MB)':<10}{'warm-up end':>12}{'end':>9}{'min':>9}{'max':>9}"
-                 f"{'floor first':>13}{'floor last':>12}{'growth':>10}")
+                 f"{'floor first':>13}{'floor last':>12}{'growth':>10}"
+                 + (f"{'idle warm':>11}{'idle end':>10}{'idle growth':>13}" if idle else ""))
     for name, stats in result["processes"].items():
-        growth = "-" if stats["growth_pct"] is None else f"{stats['growth_pct']:+.1f} %"
-        lines.append(f"{name:<10}{_mb(stats['warm_rss']):>12}{_mb(stats['end_rss']):>9}{_mb(stats['min_rss']):>9}"
-                     f"{_mb(stats['max_rss']):>9}{_mb(stats['first_floor_rss']):>13}{_mb(stats['last_floor_rss']):>12}"
-                     f"{growth:>10}" + ("  (went away)" if stats["exited"] else ""))
+        line = (f"{name:<10}{_mb(stats['warm_rss']):>12}{_mb(stats['end_rss']):>9}{_mb(stats['min_rss']):>9}"
+                f"{_mb(stats['max_rss']):>9}{_mb(stats['first_floor_rss']):>13}{_mb(stats['last_floor_rss']):>12}"
+                f"{_pct(stats['growth_pct']):>10}")
+        if idle:
+            line += f"{_mb(stats['idle_warm_rss']):>11}{_mb(stats['idle_end_rss']):>10}{_pct(stats['idle_growth_pct']):>13}"
+        lines.append(line + ("  (went away)" if stats["exited"] else ""))
     lines.append("growth: the lowest RSS in the last fifth of the samples after the warm-up against the "
                  "lowest in the first fifth")
+    if idle:
+        lines.append("idle growth (judged): RSS with no request in flight at the end against after the warm-up")
     lines.append("PASS" if result["passed"] else "FAIL: " + "; ".join(result["failures"]))
     return "\n".join(lines)

@@ -22,7 +22,7 @@ def test_a_short_soak_watches_every_process_and_counts_no_errors(tiny_model_dir,
     # requests, so the growth limit is lifted here; the 30-minute run is where it counts.
     result = subprocess.run(
         [sys.executable, "scripts/soak.py", "--model-dir", str(tiny_model_dir), "--duration", "0.3",
-         "--streams", "2", "--warmup", "0.1", "--sample-interval", "2", "--max-growth", "1000",
+         "--streams", "2", "--warmup", "0.1", "--sample-interval", "2", "--max-growth", "1000", "--settle", "1",
          "--stack-log", str(tmp_path / "stack.log"), "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
@@ -33,6 +33,9 @@ def test_a_short_soak_watches_every_process_and_counts_no_errors(tiny_model_dir,
     assert measured["audio_seconds"] > 0 and measured["time_to_first_audio_seconds"]["p50"] > 0
     for name, stats in measured["processes"].items():
         assert stats["warm_rss"] > 10e6 and stats["end_rss"] > 10e6 and not stats["exited"], name
+        assert stats["idle_warm_rss"] > 10e6 and stats["idle_end_rss"] > 10e6, name  # paused twice, idle
+    assert measured["growth_judged"] == "idle_growth_pct"
+    assert "soak: idle RSS MB after the warm-up" in result.stdout and "soak: idle RSS MB at the end" in result.stdout
     assert len(measured["samples"]) >= 3
     assert all(sorted(sample["rss"]) == sorted(SERVICES) for sample in measured["samples"])
     assert "gateway " in result.stdout and result.stdout.rstrip().endswith("PASS")
@@ -59,6 +62,25 @@ def test_growth_of_the_floor_after_the_warm_up_fails_the_soak():
     assert result["processes"]["flow"]["growth_pct"] == pytest.approx(7.0)
     assert result["failures"] == ["flow RSS floor grew 7.0 % after the warm-up (limit 5 %)"] and not result["passed"]
     assert format_report(result).endswith("FAIL: flow RSS floor grew 7.0 % after the warm-up (limit 5 %)")
+
+
+def test_with_idle_samples_growth_is_judged_idle_to_idle():
+    tally = Tally()
+    tally.succeeded(0.2, 3.0)
+    # Under load flow's floor rises 20 % (more streams happened to be open late in the run),
+    # but idle it came back to within 2 %; llm's idle RSS grew 8 %: a leak the floors missed.
+    flow = [50, 100, 150, 120, 130, 125, 140, 120, 130, 120, 135]
+    llm = [50, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100]
+    samples = _samples(*((10.0 * i, {"flow": a, "llm": b}) for i, (a, b) in enumerate(zip(flow, llm))))
+    idle = {"after_warmup": {"flow": 90, "llm": 100}, "end": {"flow": 91.8, "llm": 108}}
+    result = summarize(tally, samples, warmup_seconds=10, max_growth_pct=5, idle=idle)
+    assert result["processes"]["flow"]["growth_pct"] == pytest.approx(20.0)
+    assert result["processes"]["flow"]["idle_growth_pct"] == pytest.approx(2.0)
+    assert result["failures"] == ["llm idle RSS grew 8.0 % after the warm-up (limit 5 %)"]
+    report = format_report(result)
+    assert "idle growth (judged)" in report and report.endswith("FAIL: llm idle RSS grew 8.0 % after the warm-up (limit 5 %)")
+    gone = summarize(tally, samples, 10, 5, {"after_warmup": {"flow": 90, "llm": 100}, "end": {"flow": None, "llm": 100}})
+    assert gone["failures"] == ["flow went away during the soak"]
 
 
 def test_errors_and_a_process_that_went_away_fail_the_soak():
