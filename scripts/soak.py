@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import signal
@@ -221,7 +222,8 @@ def sample_until(deadline: float, started: float, interval: float, pids: dict[st
                  samples: list[dict], tally: Tally, report_every: float) -> None:
     """One RSS sample per interval (the last at the deadline), and a progress line every
     `report_every` seconds. Ctrl-C ends the soak early, with the report of what ran."""
-    next_report = started + report_every
+    # The next whole multiple of report_every from the start (a pause may have come before).
+    next_report = started + report_every * (math.floor((time.monotonic() - started) / report_every) + 1)
     while True:
         now = time.monotonic()
         samples.append({"t": round(now - started, 3), "rss": {name: rss_bytes(pid) for name, pid in pids.items()}})

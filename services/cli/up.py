@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -127,16 +128,28 @@ def wait_serving(address: str, timeout: float, tls: ClientTls | None = None) -> 
     return False
 
 
+FRONT = ("http", "gateway")  # they drain their requests through the stages, so they stop first
+
+
 def stop_all(children: list[Child], grace: float) -> dict[str, int]:
-    """SIGTERM each child in turn, gateway first (it drains in-flight requests through the
-    stages), SIGKILL after `grace` seconds. Returns the exit codes of those it stopped."""
+    """SIGTERM the HTTP front, then the gateway, one after the other (each drains its in-flight
+    requests through the stages), then every stage at once: a stage's drain waits for no other
+    stage, and one at a time made the worst case six graces. SIGKILL, saying so, what has not
+    exited `grace` seconds after its SIGTERM. Returns the exit codes of those it stopped."""
+    front = [child for name in FRONT for child in children if child.name == name]
+    stages = [child for child in children if child.name not in FRONT]
     exits: dict[str, int] = {}
-    for child in children:
-        if child.process.poll() is None:
+    for group in [*([child] for child in front), stages]:
+        running = [child for child in group if child.process.poll() is None]
+        for child in running:
             child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in running:
             try:
-                exits[child.name] = child.process.wait(timeout=grace)
+                exits[child.name] = child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                print(f"cosyvoice up: {child.name} did not stop within {grace:g} s of SIGTERM; killing it",
+                      file=sys.stderr, flush=True)
                 child.process.kill()
                 exits[child.name] = child.process.wait()
     return exits
@@ -379,8 +392,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         stopping.set()
     finally:
         # Longer than the services' drain, so in-flight streams finish before any SIGKILL.
-        # The HTTP front first: its requests drain through the gateway, which stops next.
-        children.sort(key=lambda child: child.name != "http")
         exits = stop_all(children, grace=(args.drain_timeout if args.drain_timeout is not None else 10.0) + 10.0)
     cut = [name for name, exit_code in exits.items() if exit_code == EXIT_STREAMS_CUT]
     if cut:
