@@ -325,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if (model_dir / "prompt_sample.wav").is_file():
             prompt_file = model_dir / "prompt_sample.wav"
             prompt_text = (model_dir / "prompt_sample.txt").read_text().strip()
-    tally, samples, idle = Tally(), [], {}
+    tally, samples, idle, floors_from = Tally(), [], {}, 0.0
     try:
         with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
             try:
@@ -346,8 +346,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                     paused = time.monotonic() - started - warmup * 60
                     load.resume()
                     end = started + args.duration * 60 + paused  # the pause is not load
+                    # The floors under load start one sample after the load is back, not at idle.
+                    floors_from = time.monotonic() - started + args.sample_interval
                 else:
                     end = started + args.duration * 60
+                    floors_from = warmup * 60
                 sample_until(end, started, args.sample_interval, pids, samples, tally, args.report_every * 60)
                 if args.idle_check:
                     idle["end"] = idle_rss(load, pids, args.settle, args.request_timeout, "at the end")
@@ -359,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     finally:
         if stack is not None:
             stack.stop()
-    result = summarize(tally, samples, warmup * 60, args.max_growth, idle if len(idle) == 2 else None)
+    result = summarize(tally, samples, floors_from or warmup * 60, args.max_growth, idle if len(idle) == 2 else None)
     result["config"] = {"address": address, "streams": args.streams, "duration_minutes": args.duration,
                         "warmup_minutes": warmup, "max_growth_pct": args.max_growth, "pids": pids,
                         "idle_check": args.idle_check, "settle_seconds": args.settle,
