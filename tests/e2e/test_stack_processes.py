@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -65,6 +66,10 @@ def stack(tiny_model_dir):
         if line.startswith("ready"):
             break
     assert order == ["gateway", "llm", "flow", "vocoder", "frontend", "http"], "the gateway's address comes first"
+    # Keep reading: `up` relays its children's stdout to its own, and with nobody reading, a full
+    # pipe blocks a relay thread inside sys.stdout, whose lock `up` then needs to exit.
+    stdout = process.stdout
+    threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()
     running = RunningStack(process, addresses, metrics)
     yield running
     if process.poll() is None:  # the SIGTERM test did not run: stop it the same orderly way
