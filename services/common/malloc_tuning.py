@@ -41,9 +41,9 @@ def return_freed_memory_to_os(environ: dict[str, str] | None = None) -> bool:
     environ = dict(os.environ) if environ is None else environ
     if any(name in environ for name in _OPERATOR_VARIABLES):
         return False
-    if platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     return bool(libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD_BYTES)) and bool(libc.mallopt(M_TRIM_THRESHOLD, THRESHOLD_BYTES))
 
 
@@ -51,10 +51,16 @@ TRIM_INTERVAL_SECONDS = 10.0  # under steady load; a trim costs milliseconds (do
 IDLE_TRIM_SECONDS = 1.0  # the queue has been empty this long: trim before waiting on
 
 
-def _glibc_malloc_trim() -> Callable[[int], int] | None:
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (mallopt and malloc_trim are glibc's), else None."""
     if platform.libc_ver()[0] != "glibc":
         return None
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def _glibc_malloc_trim() -> Callable[[int], int] | None:
+    libc = _glibc()
+    return None if libc is None else libc.malloc_trim
 
 
 class HeapTrimmer:
