@@ -7,12 +7,13 @@ reconnects by itself, so nothing else restarts.
 
 Everything happens on the thread that runs `Supervisor.run` (the main thread): the children
 are tied to the life of the thread that started them (services/common/die_with_parent.py),
-and one loop over one wake-up pipe sees signals, exits and due restarts in order. Signal
-handlers and the exit watchers only write a byte to that pipe.
+and one loop over one wake-up pipe sees signals, exits and due restarts in order. The signals'
+numbers (signal.set_wakeup_fd) and the exit watchers' EXIT_CHILD are the bytes in that pipe.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import select
 import signal
@@ -22,8 +23,37 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
-EXIT_SIGNAL = b"s"  # written by the signal handlers
 EXIT_CHILD = b"c"  # written by a child's exit watcher
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_STOP_BYTES = frozenset(int(signum) for signum in STOP_SIGNALS)  # what set_wakeup_fd writes for them
+
+
+def is_stop(events: bytes) -> bool:
+    """Whether bytes read from the wake-up pipe hold a stop signal's."""
+    return not _STOP_BYTES.isdisjoint(events)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """The Python-level handler: its only job is to replace the default action (death);
+    the byte that set_wakeup_fd writes is what stops the loop."""
+
+
+def wake_on_stop_signals(wake_write: int) -> None:
+    """Make SIGINT, SIGTERM and SIGHUP end `Supervisor.run`. Call on the main thread.
+
+    The kernel hands a signal sent to the process to any of its threads that does not block
+    it, and CPython runs a Python handler on the main thread only once that thread runs Python
+    code again. Taken by a relay or exit-watcher thread (most often the second signal of a
+    burst, while the main thread had not yet run for the first), a signal whose handler only
+    wrote to the pipe left the main thread asleep in select() forever: 22 of 400 TERM/INT/TERM
+    bursts on a busy core (scripts/signal_burst.py; 0 of 400 now). set_wakeup_fd makes the C-level
+    handler write the signal's number to the pipe on whichever thread takes it, so select
+    wakes. A handler must also take no locks (an Event.set() inside the same Event's wait
+    deadlocks its own thread): writing to a pipe takes none."""
+    os.set_blocking(wake_write, False)  # set_wakeup_fd requires it; the loop drains the pipe
+    signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _ignore)
 
 
 @dataclass
@@ -48,6 +78,16 @@ class RestartPolicy:
 
     def failures(self, name: str) -> int:
         return len(self._failures.get(name, []))
+
+
+def arm_exit_watchdog(seconds: float) -> None:
+    """Bound the rest of this process's life: if it is still alive `seconds` from now (a wait
+    that never returns, a thread that holds up interpreter exit), print every thread's stack to
+    stderr and exit 1. faulthandler's watchdog is a C thread: it fires even when no Python code
+    can run. The children then get SIGTERM from the kernel (die_with_parent)."""
+    print(f"cosyvoice up: stopping (bounded at {seconds:g} s: past that, every thread's stack goes to stderr "
+          "and up exits 1)", file=sys.stderr, flush=True)
+    faulthandler.dump_traceback_later(seconds, exit=True, file=sys.stderr)
 
 
 def describe_exit(code: int) -> str:
@@ -98,7 +138,7 @@ class Supervisor:
             timeout = max(0.0, min(self.due.values()) - time.monotonic()) if self.due else None
             readable, _, _ = select.select([self.wake_read], [], [], timeout)
             events = os.read(self.wake_read, 256) if readable else b""
-            if EXIT_SIGNAL in events:
+            if is_stop(events):
                 return 0
             now = time.monotonic()
             for index, child in enumerate(self.children):

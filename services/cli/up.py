@@ -15,144 +15,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import signal
-import subprocess
 import sys
 import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from services.cli import up_security
-from services.cli.supervisor import EXIT_SIGNAL, RestartPolicy, Supervisor
-from services.common import die_with_parent
-from services.common.drain import EXIT_STREAMS_CUT
-
+from services.cli.children import (  # noqa: F401  (Child, stop_all, wait_serving: imported from here by tools)
+    Child, StopRequested, restart, start, stop_all, wait_serving,
+)
+from services.cli.supervisor import RestartPolicy, Supervisor, arm_exit_watchdog, wake_on_stop_signals
 from services.common.config import DEFAULT_METRICS_PORTS
+from services.common.drain import EXIT_STREAMS_CUT
 from services.http.config import DEFAULT_HTTP_PORT
-from services.common.tls import ClientTls
 
-_LISTENING = re.compile(r"listening on (\S+:\d+)(?: metrics (\S+:\d+))?")
 STAGES = ("llm", "flow", "vocoder", "frontend")
 DEFAULT_METRICS_PORT = DEFAULT_METRICS_PORTS["gateway"]
 # Each service's metrics port relative to the gateway's, as in the fixed defaults.
 METRICS_PORT_OFFSETS = {name: port - DEFAULT_METRICS_PORT for name, port in DEFAULT_METRICS_PORTS.items()}
 DEFAULT_TINY_DIR = Path(os.environ.get("COSYVOICE_CACHE", Path.home() / ".cache" / "cosyvoice")) / "tiny-model"
-
-
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen
-    address: str = ""
-    metrics_address: str = ""
-    args: list[str] = field(default_factory=list)  # `serve NAME` flags, to restart it the same way
-    env: dict[str, str] = field(default_factory=dict)
-
-    def describe(self) -> str:
-        metrics = f" (metrics {self.metrics_address})" if self.metrics_address else ""
-        return f"{self.name} {self.address}{metrics}"
-
-
-def _start(name: str, args: list[str], env: dict[str, str], timeout: float) -> Child:
-    child, bound = _launch(name, args, env)
-    if not bound.wait(timeout) or not child.address:
-        child.process.kill()
-        code = child.process.wait()
-        raise SystemExit(f"cosyvoice up: the {name} process did not start listening (exit code {code})")
-    return child
-
-
-def restart(child: Child) -> Child:
-    """`child` started again on the same gRPC and metrics ports (the gateway and Prometheus
-    keep their addresses); not waited for: the supervisor sees it exit if it cannot start."""
-    _, port = child.address.rsplit(":", 1)
-    pinned = ["--port", port]  # the last occurrence of a flag wins
-    if child.metrics_address:
-        pinned += ["--metrics-port", child.metrics_address.rsplit(":", 1)[1]]
-    new, _ = _launch(child.name, [*child.args, *pinned], child.env, announce="restarted")
-    new.args, new.address, new.metrics_address = child.args, child.address, child.metrics_address
-    return new
-
-
-def _launch(name: str, args: list[str], env: dict[str, str], announce: str = "") -> tuple[Child, threading.Event]:
-    # Wrapped so the child gets SIGTERM when `up` dies, even by SIGKILL (see die_with_parent).
-    command = die_with_parent.command([sys.executable, "-m", "services.cli.main", "serve", name, *args])
-    # Own process group: a terminal's Ctrl-C reaches `up` alone, which then stops the gateway
-    # first (it drains) and the stages after it, instead of all four stopping at once. Not a new
-    # session: with the kernel's autogroup scheduling a session is its own CPU group, and the
-    # compute threads' higher nice value would no longer let other processes' relays go first.
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, text=True, env=env, process_group=0
-    )
-    child = Child(name, process, args=list(args), env=env)
-    bound = threading.Event()
-
-    def relay() -> None:
-        # Reads the child's stdout for its whole life, so the child never blocks on a full pipe.
-        assert process.stdout is not None
-        for line in process.stdout:
-            match = _LISTENING.search(line) if not bound.is_set() else None
-            if match:
-                child.address, child.metrics_address = match.group(1), match.group(2) or ""
-                bound.set()
-                if announce:
-                    print(f"cosyvoice up: {name} {announce} on {child.address}", file=sys.stderr, flush=True)
-            else:
-                sys.stdout.write(line)
-        bound.set()  # exited: wake the waiter
-
-    threading.Thread(target=relay, daemon=True, name=f"{name}-stdout").start()
-    return child, bound
-
-
-def wait_serving(address: str, timeout: float, tls: ClientTls | None = None) -> bool:
-    """Whether the service at `address` reports SERVING within `timeout`; `tls`: a TLS port."""
-    if tls is None:
-        channel = grpc.insecure_channel(address)
-    else:
-        channel = grpc.secure_channel(address, tls.credentials(), options=tls.options())
-    with channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            for reply in stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=timeout):
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return True
-        except grpc.RpcError:
-            return False
-    return False
-
-
-FRONT = ("http", "gateway")  # they drain their requests through the stages, so they stop first
-
-
-def stop_all(children: list[Child], grace: float) -> dict[str, int]:
-    """SIGTERM the HTTP front, then the gateway, one after the other (each drains its in-flight
-    requests through the stages), then every stage at once: a stage's drain waits for no other
-    stage, and one at a time made the worst case six graces. SIGKILL, saying so, what has not
-    exited `grace` seconds after its SIGTERM. Returns the exit codes of those it stopped."""
-    front = [child for name in FRONT for child in children if child.name == name]
-    stages = [child for child in children if child.name not in FRONT]
-    exits: dict[str, int] = {}
-    for group in [*([child] for child in front), stages]:
-        running = [child for child in group if child.process.poll() is None]
-        for child in running:
-            child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for child in running:
-            try:
-                exits[child.name] = child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                print(f"cosyvoice up: {child.name} did not stop within {grace:g} s of SIGTERM; killing it",
-                      file=sys.stderr, flush=True)
-                child.process.kill()
-                exits[child.name] = child.process.wait()
-    return exits
 
 
 def _flags_of(**values: str) -> list[str]:
@@ -251,6 +132,7 @@ def start_stack(
     metrics_port: int = 0,
     metrics_host: str = "127.0.0.1",
     internal_host: str = "127.0.0.1",
+    stop_pipe: tuple[int, int] | None = None,
 ) -> list[Child]:
     """The four stages, then the gateway pointed at them; returned gateway first. Extra
     flags go to every stage (`stage_args`) or to the gateway, after ours, so they win.
@@ -259,7 +141,8 @@ def start_stack(
     `metrics_port` is the gateway's /metrics port, the stages' follow it (0, the default
     here: free ports, so tools that start a stack never collide; -1: none). On failure,
     whatever was started is stopped again. The children are tied to the calling thread's
-    life (Linux PDEATHSIG), so call this from a thread that lives as long as the stack should."""
+    life (Linux PDEATHSIG), so call this from a thread that lives as long as the stack should.
+    `stop_pipe`: the supervisor's wake-up pipe; a stop signal raises StopRequested at once."""
     env = dict(os.environ) if env is None else env
     ports = metrics_ports(metrics_port)
 
@@ -271,12 +154,12 @@ def start_stack(
         for index, name in enumerate(STAGES):
             args = ["--host", internal_host, "--port", "0", "--model-dir", str(model_dir),
                     "--device", _stage_device(device, index), *metrics_args(name), *stage_args]
-            children.append(_start(name, args, env, timeout))
+            children.append(start(name, args, env, timeout, stop_pipe))
         addresses = {c.name: c.address for c in children}
         args = ["--host", host, "--port", str(port), "--llm-addr", addresses["llm"],
                 "--flow-addr", addresses["flow"], "--vocoder-addr", addresses["vocoder"],
                 "--frontend-addr", addresses["frontend"], *metrics_args("gateway"), *gateway_args]
-        children.insert(0, _start("gateway", args, env, timeout))
+        children.insert(0, start("gateway", args, env, timeout, stop_pipe))
     except BaseException:
         stop_all(children, grace=5.0)
         raise
@@ -285,7 +168,7 @@ def start_stack(
 
 def start_http(
     gateway: Child, host: str, port: int, metrics_port: int, metrics_host: str, args: Sequence[str],
-    env: dict[str, str] | None, timeout: float,
+    env: dict[str, str] | None, timeout: float, stop_pipe: tuple[int, int] | None = None,
 ) -> Child:
     """The HTTP front, a client of `gateway` (on loopback when the gateway listens everywhere)."""
     gateway_host, gateway_port = gateway.address.rsplit(":", 1)
@@ -293,7 +176,7 @@ def start_http(
         gateway_host = "127.0.0.1"
     flags = ["--host", host, "--port", str(port), "--gateway-addr", f"{gateway_host}:{gateway_port}",
              "--metrics-port", str(metrics_port), *(["--metrics-host", metrics_host] if metrics_host else []), *args]
-    return _start("http", flags, dict(os.environ) if env is None else env, timeout)
+    return start("http", flags, dict(os.environ) if env is None else env, timeout, stop_pipe)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -347,31 +230,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         stage_extra = []
     children: list[Child] = []
-    # A signal handler must not take locks: Event.set() in a handler that interrupts the main
-    # thread inside the same Event's wait (or a second signal inside the first handler) waits
-    # forever on a lock its own thread holds. Handlers and exit watchers write a byte to a pipe,
-    # which the supervisor loop on the main thread reads (os.write is safe in a handler).
     wake_read, wake_write = os.pipe()
-
-    def request_stop(signum: int, frame: object) -> None:
-        os.write(wake_write, EXIT_SIGNAL)
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, request_stop)
+    wake_on_stop_signals(wake_write)
     code = 0
     try:
         children = start_stack(
             model_dir, args.device, args.host, args.port, args.start_timeout,
             stage_args=["--num-threads", str(num_threads), *stage_extra, *security.stage_args],
             gateway_args=gateway_args, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
-            internal_host=args.internal_host,
+            internal_host=args.internal_host, stop_pipe=(wake_read, wake_write),
         )
         if http_port >= 0:
             # TLS to the gateway as `up` itself dials it (the gateway's CA, its name).
             http_tls = _flags_of(gateway_tls_ca=(args.tls_ca or args.tls_cert) if args.tls_cert else "",
                                  gateway_tls_server_name=args.tls_server_name if args.tls_cert else "")
             children.append(start_http(children[0], args.host, http_port, metrics_ports(args.metrics_port)["http"],
-                                       args.metrics_host, http_tls, None, args.start_timeout))
+                                       args.metrics_host, http_tls, None, args.start_timeout,
+                                       (wake_read, wake_write)))
         for child in children:
             print(child.describe(), flush=True)
         stopping = threading.Event()
@@ -390,9 +265,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         policy = RestartPolicy(max_restarts=args.max_restarts)
         code = Supervisor(children, restart, policy, wake_read, wake_write).run()
         stopping.set()
+    except StopRequested as stopped:  # what had started is stopped already, or below
+        print(f"cosyvoice up: stopped by a signal while the {stopped} process was starting", file=sys.stderr, flush=True)
     finally:
         # Longer than the services' drain, so in-flight streams finish before any SIGKILL.
-        exits = stop_all(children, grace=(args.drain_timeout if args.drain_timeout is not None else 10.0) + 10.0)
+        grace = (args.drain_timeout if args.drain_timeout is not None else 10.0) + 10.0
+        if children:  # stop_all takes at most three graces (front, gateway, stages): nothing may hang past that
+            arm_exit_watchdog(3 * grace + 30.0)
+        exits = stop_all(children, grace=grace)
     cut = [name for name, exit_code in exits.items() if exit_code == EXIT_STREAMS_CUT]
     if cut:
         print(f"cosyvoice up: {', '.join(cut)} cut streams still in flight at the drain timeout (--drain-timeout)",

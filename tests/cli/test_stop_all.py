@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from services.cli.up import Child, stop_all
+from services.cli.children import Child, stop_all
 
 
 def _child(name: str, on_term: str, log: Path) -> Child:

@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from scripts.reliability_stack import free_port_on, gauge
-from services.cli.up import Child, _start, stop_all, wait_serving
+from services.cli.children import Child, start, stop_all, wait_serving
 from services.common.pb import tts_pb2, tts_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -34,16 +34,16 @@ def replicated_processes(model_dir):
     children: list[Child] = []
     try:
         for name in ("llm", "vocoder", "frontend"):
-            children.append(_start(name, ["--port", "0", *common], env, 300))
+            children.append(start(name, ["--port", "0", *common], env, 300))
         port = free_port_on("127.0.0.2", "127.0.0.3")
-        flows = [_start("flow", ["--host", host, "--port", str(port), *common], env, 300)
+        flows = [start("flow", ["--host", host, "--port", str(port), *common], env, 300)
                  for host in ("127.0.0.2", "127.0.0.3")]
         children += flows
         # Both SERVING before any traffic: the gateway is ready once one replica is, and a
         # replica still loading would leave every stream on the other one.
         assert all(wait_serving(f.address, 300) for f in flows), "a flow replica never reported SERVING"
         by_name = {c.name: c.address for c in children}
-        gateway = _start("gateway", [
+        gateway = start("gateway", [
             "--port", "0", "--metrics-port", "0", "--speaker-db", ":memory:", "--llm-addr", by_name["llm"],
             "--vocoder-addr", by_name["vocoder"], "--frontend-addr", by_name["frontend"],
             "--flow-addr", ",".join(f.address for f in flows),

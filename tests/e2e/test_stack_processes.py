@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -41,6 +42,10 @@ class RunningStack:
     process: subprocess.Popen
     addresses: dict[str, str]
     metrics: dict[str, str]
+    stderr: Path  # up's and its children's logs, read when a test fails
+
+    def log_tail(self, lines: int = 80) -> str:
+        return "".join(self.stderr.read_text(errors="replace").splitlines(keepends=True)[-lines:])
 
     @property
     def gateway(self) -> str:
@@ -48,13 +53,16 @@ class RunningStack:
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_model_dir):
+def stack(tiny_model_dir, tmp_path_factory):
     # --metrics-port 0: free metrics ports, never the fixed 9400-9404 another stack may hold.
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "up", "--model-dir", str(tiny_model_dir), "--port", "0",
-         "--metrics-port", "0"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
-    )
+    # stderr to a file (never a pipe nobody reads), so a failure can show what `up` said.
+    stderr = tmp_path_factory.mktemp("up") / "stderr.log"
+    with stderr.open("w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli.main", "up", "--model-dir", str(tiny_model_dir), "--port", "0",
+             "--metrics-port", "0"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
+        )
     addresses, metrics, order = {}, {}, []
     assert process.stdout is not None
     for line in process.stdout:
@@ -66,11 +74,11 @@ def stack(tiny_model_dir):
         if line.startswith("ready"):
             break
     assert order == ["gateway", "llm", "flow", "vocoder", "frontend", "http"], "the gateway's address comes first"
-    # Keep reading: `up` relays its children's stdout to its own, and with nobody reading, a full
-    # pipe blocks a relay thread inside sys.stdout, whose lock `up` then needs to exit.
+    # Keep reading: `up` relays its children's stdout to its own, and a pipe nobody reads would,
+    # once full, block that relay (the children print little there after starting; this costs nothing).
     stdout = process.stdout
     threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()
-    running = RunningStack(process, addresses, metrics)
+    running = RunningStack(process, addresses, metrics, stderr)
     yield running
     if process.poll() is None:  # the SIGTERM test did not run: stop it the same orderly way
         process.send_signal(signal.SIGTERM)
@@ -205,7 +213,11 @@ def test_sigterm_stops_every_process_cleanly(stack):
     # inside the first one's handler and deadlock `up` on its own lock.
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
         stack.process.send_signal(signum)
-    assert stack.process.wait(timeout=120) == 0
+    try:
+        code = stack.process.wait(timeout=120)  # up's own watchdog ends it at 90 s, with every stack
+    except subprocess.TimeoutExpired:
+        code = None
+    assert code == 0, f"up exited with {code}; its stderr ends:\n{stack.log_tail()}"
     for address in stack.addresses.values():
         host, port = address.rsplit(":", 1)
         with pytest.raises(OSError):

@@ -36,15 +36,17 @@ def up_arguments(monkeypatch, model_dir: Path, *flags: str) -> dict[str, list[st
     """Each service's `serve NAME` flags as `cosyvoice up` would start them (nothing starts)."""
     started: dict[str, list[str]] = {}
 
-    def fake_start(name: str, args: list[str], env: dict[str, str], timeout: float) -> up.Child:
+    def fake_start(name: str, args: list[str], env: dict[str, str], timeout: float,
+                   stop_pipe: tuple[int, int] | None = None) -> up.Child:
         started[name] = list(args)
         if name == "gateway":
             raise _GatewayReached
         host = args[args.index("--host") + 1]
         return up.Child(name, types.SimpleNamespace(poll=lambda: 0), address=f"{host}:1")  # type: ignore[arg-type]
 
-    monkeypatch.setattr(up, "_start", fake_start)
-    monkeypatch.setattr(up.signal, "signal", lambda *args: None)  # pytest keeps its own handlers
+    monkeypatch.setattr(up, "start", fake_start)
+    monkeypatch.setattr(up, "wake_on_stop_signals", lambda wake_write: None)
+    monkeypatch.setattr(up, "arm_exit_watchdog", lambda seconds: None)  # it would end pytest itself  # pytest keeps its own handlers
     with pytest.raises(_GatewayReached):
         up.main(["--model-dir", str(model_dir), "--port", "0", "--metrics-port", "0", *flags])
     return started

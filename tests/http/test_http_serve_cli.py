@@ -43,7 +43,7 @@ class _HttpReached(Exception):
 
 def test_up_starts_the_front_on_the_public_host_dialling_the_gateway_as_up_does(monkeypatch, tiny_model_dir, tmp_path):
     """`up --host 0.0.0.0 --tls-cert ...`: the front listens on 0.0.0.0, dials the gateway on
-    loopback with the gateway's CA and name (nothing is started: _start is recorded)."""
+    loopback with the gateway's CA and name (nothing is started: start is recorded)."""
     import types
 
     from services.cli import up
@@ -52,14 +52,16 @@ def test_up_starts_the_front_on_the_public_host_dialling_the_gateway_as_up_does(
     pki = make_pki(tmp_path / "pki")
     started: dict[str, list[str]] = {}
 
-    def fake_start(name: str, args: list[str], env: dict[str, str], timeout: float) -> up.Child:
+    def fake_start(name: str, args: list[str], env: dict[str, str], timeout: float,
+                   stop_pipe: tuple[int, int] | None = None) -> up.Child:
         started[name] = list(args)
         if name == "http":
             raise _HttpReached
         return up.Child(name, types.SimpleNamespace(poll=lambda: 0), address=f"{args[args.index('--host') + 1]}:4321")
 
-    monkeypatch.setattr(up, "_start", fake_start)
-    monkeypatch.setattr(up.signal, "signal", lambda *args: None)
+    monkeypatch.setattr(up, "start", fake_start)
+    monkeypatch.setattr(up, "wake_on_stop_signals", lambda wake_write: None)
+    monkeypatch.setattr(up, "arm_exit_watchdog", lambda seconds: None)  # it would end pytest itself
     with pytest.raises(_HttpReached):
         up.main(["--model-dir", str(tiny_model_dir), "--port", "0", "--metrics-port", "0", "--host", "0.0.0.0",
                  "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key), "--tls-ca", str(pki.ca),
