@@ -71,7 +71,9 @@ async def _cancelled_after_the_first_chunk(stub: tts_pb2_grpc.TextToSpeechStub) 
 
 
 def _consumers() -> list[asyncio.Task]:
-    return [t for t in asyncio.all_tasks() if not t.done() and t.get_coro().__qualname__ == CONSUMER]
+    # getattr: asyncio closes an async generator the garbage collector found suspended with a
+    # task whose coroutine is an `async_generator_athrow`, which has no __qualname__.
+    return [t for t in asyncio.all_tasks() if not t.done() and getattr(t.get_coro(), "__qualname__", "") == CONSUMER]
 
 
 async def test_failed_streams_leave_no_task_behind_and_log_no_error(stack, caplog):
